@@ -1,0 +1,33 @@
+# segsweep: `make help` lists the targets. Set-up is idempotent and quick once installed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help install train test test-slow lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install segsweep with its dependencies (torch 2.14.1)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+train: install ## train the default: synthetic binary shapes, U-Net (ARGS="model=fpn ..." to change)
+	$(BIN)/segsweep-train $(ARGS)
+
+test: install ## run the test suite (CPU, under 10 minutes on 2 cores)
+	$(BIN)/pytest -q $(ARGS)
+
+test-slow: install ## run the slow real-data checks (need ../shared/datasets)
+	$(BIN)/pytest -q -m slow $(ARGS)
+
+lint: install ## ruff
+	$(BIN)/ruff check src tests scripts
+
+clean: ## remove outputs (runs, sweeps) and caches
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,67 @@
+"""The one dataset base class: subclasses load numpy arrays, the base augments and tensorises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class RawSample:
+    """One sample as loaded from disk or generated, before augmentation.
+
+    image: ``(H, W, C)`` uint8 or float32; mask: ``(H, W)`` class indices (ignore pixels set to the
+    dataset's ``ignore_index``); instances: ``(H, W)`` label image (0 = background) or ``None``.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    name: str
+    instances: np.ndarray | None = None
+
+
+class SegmentationDataset(Dataset):
+    """Base for every dataset: applies an albumentations pipeline to image + masks together.
+
+    Subclasses set ``class_names`` and ``ignore_index`` and implement ``__len__`` and ``load``.
+    Masks go through albumentations' ``masks=`` argument so geometric transforms move them with the
+    image (nearest interpolation, instance ids preserved).
+    """
+
+    class_names: list[str]
+    ignore_index: int = 255
+    in_channels: int = 3
+
+    def __init__(self, transform=None):
+        self.transform = transform
+
+    def load(self, index: int) -> RawSample:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load(index)
+        image, masks = sample.image, [sample.mask]
+        if sample.instances is not None:
+            masks.append(sample.instances)
+        if self.transform is not None:
+            try:
+                out = self.transform(image=image, masks=masks)
+            except Exception as err:  # name the sample: albumentations' message does not
+                raise ValueError(
+                    f"augmenting sample {sample.name!r} (image {image.shape[:2]}) failed: {err}; "
+                    "check the augment config (e.g. augment.crop_size)"
+                ) from err
+            image, masks = out["image"], out["masks"]
+        if image.ndim == 2:
+            image = image[..., None]
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)),
+            "mask": torch.from_numpy(np.asarray(masks[0], dtype=np.int64)),
+            "name": sample.name,
+        }
+        if sample.instances is not None:
+            item["instances"] = torch.from_numpy(np.asarray(masks[1], dtype=np.int64))
+        return item

@@ -1,0 +1,152 @@
+"""Images dir + masks dir matched by file stem: the dataset behind isbi2012, camvid and user data."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from segsweep.data.base import RawSample, SegmentationDataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SPLITS = ("train", "val", "all")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image or mask file as a numpy array, with an error naming the file if unreadable."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise ValueError(f"cannot read image file {path}: {err}") from err
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {folder} does not exist (check data.root and the split's dirs)")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+class FolderDataset(SegmentationDataset):
+    """Images and masks in two folders, paired by file stem.
+
+    Args:
+        root: folder the other paths are relative to.
+        images: images folder (relative to ``root``).
+        masks: masks folder (relative to ``root``), one mask per image with the same stem.
+        class_names: names of the classes, index = class id.
+        in_channels: channels every image must have (1 = grey, 3 = RGB).
+        value_map: mask value -> class id, e.g. ``{0: 1, 255: 0}`` for ISBI where the dark value
+            is the object. ``None`` keeps values as class ids.
+        void_values: mask values that mean "not labelled"; they become ``ignore_index``.
+        ignore_index: value written to ignored pixels (loss and metrics skip them).
+        split: ``train``, ``val`` or ``all``: with ``val_fraction``, a seeded random split.
+        val_fraction: share of stems held out for ``val`` when one folder holds both splits.
+        split_seed: seed of that split (the same seed gives the same split on every machine).
+        stems_file: text file listing the stems of this split, one per line (overrides the
+            random split).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        images: str,
+        masks: str,
+        class_names: Sequence[str],
+        in_channels: int = 3,
+        value_map: Mapping[int, int] | None = None,
+        void_values: Sequence[int] = (),
+        ignore_index: int = 255,
+        split: str = "all",
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
+        stems_file: str | None = None,
+        transform=None,
+    ):
+        super().__init__(transform)
+        if split not in SPLITS:
+            raise ValueError(f"data split={split!r} is not one of {list(SPLITS)}")
+        self.class_names = list(class_names)
+        self.in_channels = in_channels
+        self.ignore_index = ignore_index
+        self.images_dir, self.masks_dir = Path(root) / images, Path(root) / masks
+        self._lookup = self._value_lookup(value_map, void_values)
+
+        image_files, mask_files = _files_by_stem(self.images_dir), _files_by_stem(self.masks_dir)
+        stems = self._split_stems(sorted(image_files), split, val_fraction, split_seed, stems_file)
+        missing = [image_files[s].name for s in stems if s not in mask_files]
+        if missing:
+            raise FileNotFoundError(
+                f"no mask in {self.masks_dir} for {len(missing)} image(s) of {self.images_dir}, "
+                f"e.g. {missing[:5]} (masks are matched by file stem)"
+            )
+        if not stems:
+            raise ValueError(
+                f"empty dataset: no images ({'/'.join(IMAGE_SUFFIXES)}) in {self.images_dir} "
+                f"for split={split!r}"
+            )
+        self.pairs = [(image_files[s], mask_files[s]) for s in stems]
+
+    def _value_lookup(self, value_map, void_values) -> dict[int, int]:
+        """Mask value -> class id (or ignore_index); values outside it are an error at load time."""
+        n = len(self.class_names)
+        lookup = {int(k): int(v) for k, v in (value_map or {i: i for i in range(n)}).items()}
+        bad = {k: v for k, v in lookup.items() if not 0 <= v < n}
+        if bad:
+            raise ValueError(f"data.value_map maps to class ids {bad} outside 0..{n - 1} ({self.class_names})")
+        lookup.update({int(v): self.ignore_index for v in void_values})
+        return lookup
+
+    @staticmethod
+    def _split_stems(stems, split, val_fraction, split_seed, stems_file) -> list[str]:
+        if stems_file is not None:
+            listed = [s.strip() for s in Path(stems_file).read_text().splitlines() if s.strip()]
+            unknown = sorted(set(listed) - set(stems))
+            if unknown:
+                raise FileNotFoundError(f"{stems_file} lists stems with no image: {unknown[:5]}")
+            return listed
+        if split == "all" or val_fraction == 0:
+            return stems
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data val_fraction={val_fraction} must be in (0, 1)")
+        shuffled = random.Random(split_seed).sample(stems, len(stems))
+        n_val = max(1, round(val_fraction * len(stems)))
+        return sorted(shuffled[:n_val] if split == "val" else shuffled[n_val:])
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> RawSample:
+        image_path, mask_path = self.pairs[index]
+        image, raw_mask = read_image(image_path), read_image(mask_path)
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.shape[2] != self.in_channels:
+            raise ValueError(
+                f"{image_path} has {image.shape[2]} channels but data.in_channels={self.in_channels}"
+            )
+        if raw_mask.ndim != 2 or raw_mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"mask {mask_path} has shape {raw_mask.shape} but image {image_path} is "
+                f"{image.shape[:2]}; a mask must be a single-channel image of the same size"
+            )
+        return RawSample(image=image, mask=self.map_values(raw_mask, mask_path), name=image_path.stem)
+
+    def map_values(self, raw_mask: np.ndarray, mask_path: Path) -> np.ndarray:
+        values = np.unique(raw_mask)
+        unknown = [int(v) for v in values if int(v) not in self._lookup]
+        if unknown:
+            raise ValueError(
+                f"mask {mask_path} has values {unknown[:10]} not in data.value_map / void_values "
+                f"(known values: {sorted(self._lookup)})"
+            )
+        mask = np.empty(raw_mask.shape, dtype=np.int64)
+        for value in values:
+            mask[raw_mask == value] = self._lookup[int(value)]
+        return mask

@@ -1,0 +1,167 @@
+"""The one LightningModule base: model, loss, optimizer/scheduler and metrics from config.
+
+Subclasses say only what differs between problems: how many output channels, the loss mode, and
+how logits become label maps. Hyperparameters are plain dicts (the resolved Hydra nodes), so a
+checkpoint rebuilds its task without Hydra and without the command line that made it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_class, instantiate
+from torch import nn
+
+from segsweep.losses import build_loss
+from segsweep.metrics import segmentation_metrics
+
+EVAL_STAGES = ("val", "test")
+
+
+class SegmentationTask(L.LightningModule):
+    """Base task. Args are the resolved config nodes of the same-named groups.
+
+    Args:
+        model: ``_partial_`` model factory (``conf/model``), completed with channels and classes.
+        loss: ``_partial_`` loss factory (``conf/loss``), completed with the task's mode.
+        optimizer: ``_partial_`` torch optimizer (``conf/optimizer``).
+        scheduler: ``_partial_`` LR scheduler stepped each epoch, or ``None``.
+        class_names: class names from the data, index = class id.
+        in_channels: input channels from the data.
+        ignore_index: mask value that loss and metrics skip.
+        run_config: the whole resolved run config, kept in checkpoints for eval and predict.
+    """
+
+    loss_mode: str  # "binary" or "multiclass": decided by the task, never by the loss config
+    monitor = "val/iou"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optimizer: dict,
+        class_names: list[str],
+        in_channels: int,
+        ignore_index: int = 255,
+        scheduler: dict | None = None,
+        run_config: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.check_classes()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # -- what subclasses define ---------------------------------------------------------------
+    def check_classes(self) -> None:
+        """Raise if the data's classes do not fit this task."""
+
+    @property
+    def num_outputs(self) -> int:
+        raise NotImplementedError
+
+    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, K, H, W)`` logits -> ``(N, H, W)`` class ids."""
+        raise NotImplementedError
+
+    def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, K, H, W)`` logits -> per-class probabilities ``(N, num_classes, H, W)``."""
+        raise NotImplementedError
+
+    # -- built from config ----------------------------------------------------------------------
+    def configure_models(self) -> None:
+        factory = instantiate(self.hparams.model)
+        self.net = factory(in_channels=self.hparams.in_channels, classes=self.num_outputs)
+        self.output_stride = int(getattr(self.net, "output_stride", 32))
+
+    def configure_losses(self) -> None:
+        self.criterion = build_loss(
+            instantiate(self.hparams.loss), mode=self.loss_mode, ignore_index=self.hparams.ignore_index
+        )
+
+    def configure_metrics(self) -> None:
+        metrics = segmentation_metrics(
+            self.class_names, self.hparams.ignore_index, binary=self.loss_mode == "binary"
+        )
+        self.metrics = nn.ModuleDict({s: metrics.clone(prefix=f"{s}/") for s in EVAL_STAGES})
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- forward and steps ---------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for images of any size: padded to the output stride, cropped back."""
+        height, width = images.shape[-2:]
+        stride = self.output_stride
+        pad_h, pad_w = -height % stride, -width % stride
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        return self.net(images)[..., :height, :width]
+
+    def shared_step(self, batch: dict, stage: str) -> dict:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        batch_size = batch["image"].shape[0]
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
+                 prog_bar=stage == "train", sync_dist=stage != "train")
+        for term, value in getattr(self.criterion, "last_terms", {}).items():
+            self.log(f"{stage}/loss/{term}", value, on_epoch=True, batch_size=batch_size,
+                     sync_dist=stage != "train")
+        if stage == "train":
+            return {"loss": loss}
+        preds = self.logits_to_labels(logits)
+        self.metrics[stage].update(preds, batch["mask"])
+        return {"loss": loss, "preds": preds}
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self.shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self.shared_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.logits_to_probs(self(batch["image"]))
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.log(f"{stage}/iou", values.pop(f"{stage}/iou"), prog_bar=True)
+        self.log_dict(values)
+        self.metrics[stage].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["segsweep_task"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+
+def load_task(ckpt_path: str, map_location: str | torch.device = "cpu") -> SegmentationTask:
+    """Rebuild the task a checkpoint was trained with (its class, model, classes, config).
+
+    The encoder's pretrained-weights source is switched off: the checkpoint's own weights replace
+    them at once, and loading must not need the network.
+    """
+    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    if "segsweep_task" not in checkpoint:
+        raise ValueError(f"{ckpt_path} is not a segsweep checkpoint (no 'segsweep_task' entry)")
+    task_class = get_class(checkpoint["segsweep_task"])
+    model = dict(checkpoint["hyper_parameters"]["model"])
+    model.update({k: None for k in ("encoder_weights", "weights_path") if k in model})
+    return task_class.load_from_checkpoint(ckpt_path, map_location=map_location, model=model)

@@ -1,0 +1,106 @@
+"""``segsweep-train``: build data, task, callbacks, loggers and trainer from config; fit, then test.
+
+Returns the monitored metric so Hydra sweepers (Optuna) can optimise it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from segsweep.callbacks import RunSummary
+from segsweep.callbacks.run_summary import _to_float
+from segsweep.data.datamodule import SegmentationDataModule
+from segsweep.tasks import SegmentationTask
+from segsweep.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from segsweep.utils.run import hydra_context, run_job, write_metrics_json
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
+    return instantiate(
+        cfg.data,
+        train_transform=instantiate(cfg.augment.train, _convert_="all"),
+        eval_transform=instantiate(cfg.augment.eval, _convert_="all"),
+        _convert_="all",
+    )
+
+
+def build_task(cfg: DictConfig, datamodule: SegmentationDataModule) -> SegmentationTask:
+    """The task from the ``task`` group, given plain dicts so its checkpoint is self-contained."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return instantiate(
+        cfg.task,
+        model=resolved["model"],
+        loss=resolved["loss"],
+        optimizer=resolved["optimizer"],
+        scheduler=resolved.get("scheduler") or None,
+        class_names=datamodule.class_names,
+        in_channels=datamodule.in_channels,
+        ignore_index=datamodule.ignore_index,
+        run_config=resolved,
+        _recursive_=False,
+    )
+
+
+def build_trainer(cfg: DictConfig, summary: RunSummary) -> L.Trainer:
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    return instantiate(cfg.trainer, callbacks=[*callbacks, summary], logger=loggers or False)
+
+
+def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSummary, started: float) -> dict:
+    """The metrics.json payload: final and best values of every metric, and how the run went."""
+    checkpoint = trainer.checkpoint_callback
+    return {
+        "status": "completed",
+        "run_name": cfg.run_name,
+        "monitor": cfg.optimized_metric,
+        "monitor_mode": cfg.monitor_mode,
+        "final": {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
+        "best": summary.best(),
+        "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None,
+        "params": sum(p.numel() for p in task.parameters()),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": time.time() - started,
+        "images_per_second": summary.images_per_second,
+        **hydra_context(),
+        "history": summary.history,
+    }
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule)
+    summary = RunSummary()
+    trainer = build_trainer(cfg, summary)
+    if cfg.get("train", True):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+    result = summarize(cfg, trainer, task, summary, started)
+    path = write_metrics_json(cfg.paths.output_dir, result)
+    monitor = cfg.optimized_metric
+    value = result["best"].get(monitor, result["final"].get(monitor))
+    rank_zero_info(f"{monitor} = {value}; outputs in {cfg.paths.output_dir} (metrics: {path})")
+    return {**result, "value": value}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_job(train, cfg)["value"]
+
+
+if __name__ == "__main__":
+    main()
