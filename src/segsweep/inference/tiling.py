@@ -1,0 +1,115 @@
+"""Sliding-window (tiled) prediction of images too large for one forward pass.
+
+Written by hand on purpose: none of our dependencies (torch, torchvision, smp, timm, lightning)
+offers Gaussian-blended tiling for torch tensors (torchvision only has ``gaussian_blur``; MONAI's
+``sliding_window_inference`` would be a large new dependency for ~60 lines). The blending follows
+nnU-Net (Isensee et al. 2021): each tile's probabilities are weighted by a Gaussian centred on the
+tile, so pixels near a tile border, whose context was cut by the tile, count little wherever a
+neighbouring tile sees them closer to its centre; the weighted sum is divided by the summed weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# Floor of the weights (the centre weighs 1): keeps every weight, hence every division, above zero
+# where a small sigma would underflow. Kept tiny on purpose: in the corner where four tiles overlap
+# a tile that sees a pixel with full context may itself weigh only ~1e-2, and a floor of 1e-3 on the
+# cut-context tiles there measurably spoilt the blend (errors x50 in tests/test_inference.py).
+MIN_WEIGHT = 1e-6
+
+
+def tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``0..length``, every ``step`` pixels.
+
+    The last tile is flush with the border (it overlaps its neighbour more than ``step`` says)
+    rather than sticking out, so no tile needs padding beyond the image.
+    """
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return [*starts, length - tile]
+
+
+def gaussian_importance_map(
+    height: int, width: int, sigma_scale: float | None = 1 / 8, min_weight: float = MIN_WEIGHT
+) -> Tensor:
+    """Blending weights ``(height, width)``: a Gaussian of ``sigma = side * sigma_scale``, max 1.
+
+    Values are clipped below at ``min_weight`` so that tile borders still count where no other
+    tile covers them (image borders, corners). ``sigma_scale=None`` gives uniform weights (plain
+    averaging of overlapping tiles).
+    """
+    if sigma_scale is None:
+        return torch.ones(height, width)
+
+    def axis(n: int) -> Tensor:
+        centre, sigma = (n - 1) / 2, max(n * sigma_scale, 1e-6)
+        return torch.exp(-((torch.arange(n, dtype=torch.float64) - centre) ** 2) / (2 * sigma**2))
+
+    weights = torch.outer(axis(height), axis(width))  # separable: product of 1-D Gaussians
+    return (weights / weights.max()).clamp_min(min_weight).float()
+
+
+@torch.no_grad()
+def sliding_window_probs(
+    predict: Callable[[Tensor], Tensor],
+    image: Tensor,
+    tile_size: int,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    sigma_scale: float | None = 1 / 8,
+) -> Tensor:
+    """Probabilities ``(K, H, W)`` of one image ``(C, H, W)``, predicted tile by tile.
+
+    Args:
+        predict: maps images ``(N, C, h, w)`` to probabilities ``(N, K, h, w)`` of the same size
+            (it pads to the model's output stride itself, as ``SegmentationTask.forward`` does).
+        image: one image ``(C, H, W)``, already normalised as in training.
+        tile_size: side of the square tiles; best a multiple of the model's output stride and
+            as large as memory allows (fewer tile borders, more context). An image no larger than
+            one tile is predicted in one call; a side smaller than ``tile_size`` gives tiles of
+            that side in that dimension.
+        overlap: fraction of a tile shared with its neighbour; tiles start every
+            ``tile_size * (1 - overlap)`` pixels. Make the overlap (in pixels) larger than the
+            model's receptive field radius so that every pixel has one tile with full context.
+        batch_size: tiles per ``predict`` call: the memory bound (see below).
+        sigma_scale: Gaussian sigma as a fraction of the tile side (nnU-Net's 1/8); ``None`` for
+            uniform weights.
+
+    Memory bound (tile_memory_bound): the network only ever sees a batch of ``batch_size`` tiles
+    of ``tile_size``² pixels (plus stride padding), so its peak memory is that of a forward pass
+    on ``(batch_size, C, tile_size, tile_size)``, whatever the image size. The only
+    image-sized buffers are the accumulators, ``(K + 1) * H * W`` float32 on ``image.device``:
+    keep a huge image on the CPU and let ``predict`` move each batch to the GPU and back.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
+    _, height, width = image.shape
+    if height <= tile_size and width <= tile_size:
+        return predict(image[None])[0].to(image.device, torch.float32)
+
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    step = max(1, math.floor(tile_size * (1 - overlap)))
+    rows, cols = tile_starts(height, tile_h, step), tile_starts(width, tile_w, step)
+    corners = [(y, x) for y in rows for x in cols]
+    weight = gaussian_importance_map(tile_h, tile_w, sigma_scale).to(image.device)
+
+    total: Tensor | None = None  # created at the first batch, once K is known
+    norm = torch.zeros(height, width, device=image.device)
+    for first in range(0, len(corners), batch_size):
+        batch = corners[first : first + batch_size]
+        tiles = torch.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in batch])
+        probs = predict(tiles).to(image.device, torch.float32)
+        if total is None:
+            total = torch.zeros(probs.shape[1], height, width, device=image.device)
+        for (y, x), tile_probs in zip(batch, probs, strict=True):
+            total[:, y : y + tile_h, x : x + tile_w] += tile_probs * weight
+            norm[y : y + tile_h, x : x + tile_w] += weight
+    return total / norm
