@@ -55,7 +55,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "final": {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
         "params": sum(p.numel() for p in task.parameters()),
         "wall_time_s": time.time() - started,
-        **hydra_context(),
+        **hydra_context(cfg),
     }
     write_metrics_json(cfg.paths.output_dir, result)
     return {**result, "value": result["final"].get(f"{cfg.split}/iou")}

@@ -17,9 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from segsweep.callbacks import RunSummary
 from segsweep.callbacks.run_summary import _to_float
 from segsweep.data.datamodule import SegmentationDataModule
+from segsweep.launch import launch, needs_launch
 from segsweep.tasks import SegmentationTask
 from segsweep.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from segsweep.utils.run import hydra_context, run_job, write_metrics_json
+from segsweep.utils.run import hydra_context, last_checkpoint, run_job, write_metrics_json
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -47,6 +48,7 @@ def build_task(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segmentat
         ignore_index=datamodule.ignore_index,
         run_config=resolved,
         _recursive_=False,
+        _convert_="all",  # plain dicts and lists in hparams: checkpoints load without OmegaConf
     )
 
 
@@ -64,7 +66,9 @@ def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSumma
         "run_name": cfg.run_name,
         "monitor": cfg.optimized_metric,
         "monitor_mode": cfg.monitor_mode,
-        "final": {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
+        # Testing resets the trainer's metrics: the last validation epoch comes from the history.
+        "final": {**summary.final(), **{k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())
+                                        if k.startswith("test/")}},
         "best": summary.best(),
         "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None,
         "params": sum(p.numel() for p in task.parameters()),
@@ -72,7 +76,7 @@ def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSumma
         "global_step": trainer.global_step,
         "wall_time_s": time.time() - started,
         "images_per_second": summary.images_per_second,
-        **hydra_context(),
+        **hydra_context(cfg),
         "history": summary.history,
     }
 
@@ -85,7 +89,9 @@ def train(cfg: DictConfig) -> dict:
     summary = RunSummary()
     trainer = build_trainer(cfg, summary)
     if cfg.get("train", True):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # Resume an interrupted attempt of this same job (SLURM requeue) from its last checkpoint.
+        resume = cfg.get("ckpt_path") or last_checkpoint(cfg.paths.output_dir)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
@@ -99,7 +105,14 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if needs_launch(cfg):  # DDP: this job starts its own ranks (see segsweep/launch.py)
+        return run_job(launch_ranks, cfg)["value"]
     return run_job(train, cfg)["value"]
+
+
+def launch_ranks(cfg: DictConfig) -> dict:
+    result = launch(cfg)
+    return {**result, "value": result["best"].get(cfg.optimized_metric)}
 
 
 if __name__ == "__main__":

@@ -46,8 +46,17 @@ class RunSummary(L.Callback):
         if trainer.sanity_checking:
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        row.update({k: _to_float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("test/")})
+        # Per-step values ("..._step") are noise at epoch level; their epoch means are kept.
+        row.update({
+            k.removesuffix("_epoch"): _to_float(v)
+            for k, v in trainer.callback_metrics.items()
+            if not k.startswith("test/") and not k.endswith("_step")
+        })
         self.history.append(row)
+
+    def final(self) -> dict[str, float]:
+        """The last validation epoch's values."""
+        return {k: v for k, v in (self.history[-1] if self.history else {}).items() if k not in ("epoch", "step")}
 
     @property
     def images_per_second(self) -> float | None:

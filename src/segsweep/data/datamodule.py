@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from segsweep.data.base import SegmentationDataset
@@ -31,6 +33,16 @@ def pad_collate(batch: list[dict], ignore_index: int) -> dict:
                 for item in batch
             ])
     return out
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed a loader worker: Lightning's per-worker seeding, plus the albumentations pipeline,
+    which keeps its own generator (copied into every worker, it would repeat the same crops and
+    flips in each)."""
+    pl_worker_init_function(worker_id)
+    transform = torch.utils.data.get_worker_info().dataset.transform
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -110,13 +122,23 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"
+        dataset = self.build(stage)
+        sampler = None
+        if not train and self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads the last batch with repeated samples,
+            # which would count them twice in the synced metrics: shard without repeats instead.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.build(stage),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=train and len(self.build(stage)) > self.batch_size,
+            sampler=sampler,
+            drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
             collate_fn=functools.partial(pad_collate, ignore_index=self.ignore_index),
         )

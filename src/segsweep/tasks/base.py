@@ -79,6 +79,8 @@ class SegmentationTask(L.LightningModule):
         factory = instantiate(self.hparams.model)
         self.net = factory(in_channels=self.hparams.in_channels, classes=self.num_outputs)
         self.output_stride = int(getattr(self.net, "output_stride", 32))
+        # Some decoders pool further than their stride (PAN): inputs must be at least this big.
+        self.min_input_size = int(getattr(self.net, "min_input_size", self.output_stride))
 
     def configure_losses(self) -> None:
         self.criterion = build_loss(
@@ -102,8 +104,9 @@ class SegmentationTask(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for images of any size: padded to the output stride, cropped back."""
         height, width = images.shape[-2:]
-        stride = self.output_stride
-        pad_h, pad_w = -height % stride, -width % stride
+        stride, least = self.output_stride, self.min_input_size
+        pad_h = max(height + -height % stride, least) - height
+        pad_w = max(width + -width % stride, least) - width
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))
         return self.net(images)[..., :height, :width]
@@ -164,4 +167,4 @@ def load_task(ckpt_path: str, map_location: str | torch.device = "cpu") -> Segme
     task_class = get_class(checkpoint["segsweep_task"])
     model = dict(checkpoint["hyper_parameters"]["model"])
     model.update({k: None for k in ("encoder_weights", "weights_path") if k in model})
-    return task_class.load_from_checkpoint(ckpt_path, map_location=map_location, model=model)
+    return task_class.load_from_checkpoint(ckpt_path, map_location=map_location, model=model, weights_only=False)

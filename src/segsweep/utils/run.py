@@ -13,16 +13,18 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 
 
-def hydra_context() -> dict:
-    """Overrides and group choices of this job (empty outside a Hydra app)."""
+def hydra_context(cfg: DictConfig | None = None) -> dict:
+    """Overrides and group choices of this job: from Hydra, or saved in ``cfg.job_context`` by the
+    DDP launcher for its workers (empty outside both)."""
     if not HydraConfig.initialized():
-        return {}
+        saved = cfg.get("job_context") if cfg is not None else None
+        return OmegaConf.to_container(saved) if saved else {}
     hydra = HydraConfig.get()
     return {
         "overrides": list(hydra.overrides.task),
@@ -30,6 +32,23 @@ def hydra_context() -> dict:
         "job_num": hydra.job.get("num"),
         "multirun": hydra.mode == RunMode.MULTIRUN,
     }
+
+
+def sweep_group() -> str | None:
+    """The W&B group of a multirun's jobs: its sweep dir's date and time (None for single runs)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return "_".join(Path(HydraConfig.get().sweep.dir).parts[-2:])
+
+
+if not OmegaConf.has_resolver("sweep_group"):
+    OmegaConf.register_new_resolver("sweep_group", sweep_group)
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """``checkpoints/last.ckpt`` of a job dir, if a previous attempt (a requeue) left one."""
+    path = Path(output_dir) / "checkpoints" / "last.ckpt"
+    return str(path) if path.is_file() else None
 
 
 @rank_zero_only
@@ -60,7 +79,7 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     run is always finished so nothing leaks into the next job of a sweep.
     """
     started = time.time()
-    context = hydra_context()
+    context = hydra_context(cfg)
     try:
         result = job(cfg)
         _finish_wandb(0)

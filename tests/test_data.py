@@ -1,0 +1,141 @@
+"""Folder datasets, splits and the datamodule: good input works, bad input names its culprit."""
+
+from __future__ import annotations
+
+import functools
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segsweep.data import FolderDataset, SegmentationDataModule
+from segsweep.data.datamodule import pad_collate
+
+
+def write_pair(root, stem, size=(24, 32), mask_values=(0, 255), channels=3, mask_size=None):
+    rng = np.random.default_rng(abs(hash(stem)) % 2**32)
+    (root / "images").mkdir(exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    shape = (*size, channels) if channels > 1 else size
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / "images" / f"{stem}.png")
+    mask = rng.choice(np.array(mask_values, dtype=np.uint8), size=mask_size or size)
+    Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+
+
+def folder(root, **kwargs):
+    args = {"root": root, "images": "images", "masks": "masks", "class_names": ["bg", "fg"],
+            "value_map": {0: 0, 255: 1}}
+    return FolderDataset(**{**args, **kwargs})
+
+
+def test_pairs_by_stem_and_maps_values(tmp_path):
+    for stem in ("a", "b", "c"):
+        write_pair(tmp_path, stem)
+    dataset = folder(tmp_path, value_map={0: 1, 255: 0})  # ISBI: the dark value is the object
+    assert len(dataset) == 3
+    item = dataset[0]
+    raw = np.asarray(Image.open(tmp_path / "masks" / "a.png"))
+    assert item["name"] == "a"
+    assert item["image"].shape == (3, 24, 32) and item["image"].dtype == torch.float32
+    assert torch.equal(item["mask"], torch.from_numpy((raw == 0).astype(np.int64)))
+
+
+def test_void_values_become_ignore_index(tmp_path):
+    write_pair(tmp_path, "a", mask_values=(0, 1, 11))
+    dataset = folder(tmp_path, class_names=["x", "y"], value_map=None, void_values=[11], ignore_index=255)
+    raw = np.asarray(Image.open(tmp_path / "masks" / "a.png"))
+    mask = dataset[0]["mask"].numpy()
+    assert (mask[raw == 11] == 255).all() and (mask[raw != 11] == raw[raw != 11]).all()
+
+
+def test_seeded_split_is_disjoint_and_repeatable(tmp_path):
+    for i in range(10):
+        write_pair(tmp_path, f"{i:02d}")
+    train = folder(tmp_path, split="train", val_fraction=0.3, split_seed=3)
+    val = folder(tmp_path, split="val", val_fraction=0.3, split_seed=3)
+    names = lambda d: {p[0].stem for p in d.pairs}  # noqa: E731
+    assert len(val) == 3 and len(train) == 7 and not names(train) & names(val)
+    assert names(val) == names(folder(tmp_path, split="val", val_fraction=0.3, split_seed=3))
+    assert names(val) != names(folder(tmp_path, split="val", val_fraction=0.3, split_seed=4))
+
+
+def test_missing_mask_names_the_image(tmp_path):
+    write_pair(tmp_path, "a")
+    write_pair(tmp_path, "b")
+    (tmp_path / "masks" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"b\.png"):
+        folder(tmp_path)
+
+
+def test_mask_of_other_size_names_both_files(tmp_path):
+    write_pair(tmp_path, "a", mask_size=(20, 32))
+    with pytest.raises(ValueError, match=r"masks/a\.png.*\(20, 32\).*images/a\.png"):
+        folder(tmp_path)[0]
+
+
+def test_unknown_mask_value_names_file_and_value(tmp_path):
+    write_pair(tmp_path, "a", mask_values=(0, 128, 255))
+    with pytest.raises(ValueError, match=r"a\.png has values \[128\].*known values: \[0, 255\]"):
+        folder(tmp_path)[0]
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    write_pair(tmp_path, "a")
+    (tmp_path / "images" / "a.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match=r"cannot read image file .*images/a\.png"):
+        folder(tmp_path)[0]
+
+
+def test_wrong_channel_count_names_file_and_key(tmp_path):
+    write_pair(tmp_path, "a", channels=1)
+    with pytest.raises(ValueError, match=r"a\.png has 1 channels but data.in_channels=3"):
+        folder(tmp_path)[0]
+
+
+def test_empty_folder_and_empty_split(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(ValueError, match="empty dataset"):
+        folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder(tmp_path / "nowhere")
+
+
+def test_value_map_to_unknown_class_is_rejected(tmp_path):
+    write_pair(tmp_path, "a")
+    with pytest.raises(ValueError, match=r"value_map maps to class ids \{255: 2\}"):
+        folder(tmp_path, value_map={0: 0, 255: 2})
+
+
+def datamodule(tmp_path, crop: int) -> SegmentationDataModule:
+    return SegmentationDataModule(
+        dataset=functools.partial(folder, tmp_path),
+        splits={"train": {"split": "train", "val_fraction": 0.5}, "val": {"split": "val", "val_fraction": 0.5}},
+        train_transform=A.Compose([A.RandomCrop(crop, crop), A.Normalize()]),
+        eval_transform=A.Compose([A.Normalize()]),
+        batch_size=2,
+    )
+
+
+def test_crop_larger_than_image_stops_at_setup(tmp_path):
+    for stem in "abcd":
+        write_pair(tmp_path, stem)
+    dm = datamodule(tmp_path, crop=16)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"augmenting sample '.' .*augment.crop_size"):
+        datamodule(tmp_path, crop=64).setup("fit")
+
+
+def test_pad_collate_pads_masks_with_ignore_index():
+    items = [
+        {"image": torch.ones(1, 4, 6), "mask": torch.zeros(4, 6, dtype=torch.long), "name": "a"},
+        {"image": torch.ones(1, 5, 3), "mask": torch.ones(5, 3, dtype=torch.long), "name": "b"},
+    ]
+    batch = pad_collate(items, ignore_index=255)
+    assert batch["image"].shape == (2, 1, 5, 6) and batch["mask"].shape == (2, 5, 6)
+    assert (batch["mask"][0, 4] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
+    assert batch["image"][1, :, :, 3:].abs().sum() == 0 and batch["name"] == ["a", "b"]
