@@ -90,7 +90,7 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 def test_wrong_channel_count_names_file_and_key(tmp_path):
     write_pair(tmp_path, "a", channels=1)
-    with pytest.raises(ValueError, match=r"a\.png has 1 channels but data.in_channels=3"):
+    with pytest.raises(ValueError, match=r"a\.png has 1 channels but data.dataset.in_channels=3"):
         folder(tmp_path)[0]
 
 
@@ -139,3 +139,37 @@ def test_pad_collate_pads_masks_with_ignore_index():
     assert batch["image"].shape == (2, 1, 5, 6) and batch["mask"].shape == (2, 5, 6)
     assert (batch["mask"][0, 4] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
     assert batch["image"][1, :, :, 3:].abs().sum() == 0 and batch["name"] == ["a", "b"]
+
+
+def test_coordinate_channels_follow_the_crop(tmp_path):
+    write_pair(tmp_path, "a", size=(20, 30))
+    dataset = folder(tmp_path, transform=A.Compose([A.Crop(x_min=10, y_min=5, x_max=30, y_max=15), A.Normalize()]))
+    dataset.add_coords = True
+    item = dataset[0]
+    assert item["image"].shape == (5, 10, 20) and dataset.input_channels == 5
+    x, y = item["image"][3], item["image"][4]
+    full_x, full_y = np.linspace(-1, 1, 30), np.linspace(-1, 1, 20)
+    assert np.allclose(x[0].numpy(), full_x[10:30], atol=1e-6)  # the original image's x, not the crop's
+    assert np.allclose(y[:, 0].numpy(), full_y[5:15], atol=1e-6)
+
+
+def test_context_slices_stack_neighbours_mirrored_at_the_ends(tmp_path):
+    for i in range(4):
+        write_pair(tmp_path, f"{i:02d}", channels=1)
+    dataset = folder(tmp_path, in_channels=1)
+    dataset.context_slices = 1
+    slices = [np.asarray(Image.open(tmp_path / "images" / f"{i:02d}.png"), np.float32) for i in range(4)]
+    first, last = dataset[0]["image"].numpy(), dataset[3]["image"].numpy()
+    assert dataset.input_channels == 3 and first.shape == (3, 24, 32)
+    assert np.array_equal(first, np.stack([slices[1], slices[0], slices[1]]))  # s-1 mirrored to s+1
+    assert np.array_equal(last, np.stack([slices[2], slices[3], slices[2]]))
+    assert np.array_equal(dataset[1]["image"].numpy(), np.stack(slices[0:3]))
+
+
+def test_context_slices_need_a_stack(tmp_path):
+    from segsweep.data import SyntheticShapes
+
+    dm = SegmentationDataModule(dataset=functools.partial(SyntheticShapes, num_images=2, image_size=32),
+                                splits={"train": {}, "val": {}}, context_slices=1)
+    with pytest.raises(ValueError, match="context_slices needs a dataset of consecutive slices"):
+        dm.in_channels

@@ -31,6 +31,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"split={cfg.split!r} is not one of {list(SPLITS)}")
     L.seed_everything(cfg.seed, workers=True)
     task = load_task(cfg.ckpt_path)
+    task.tta, task.tile_size = cfg.get("tta"), cfg.get("tile_size")
     trained_with = OmegaConf.create(task.hparams.run_config or {})
     data_cfg = OmegaConf.create({
         "data": cfg.data if cfg.get("data") else trained_with.get("data"),
@@ -52,6 +53,8 @@ def evaluate(cfg: DictConfig) -> dict:
         "run_name": cfg.run_name,
         "ckpt_path": str(cfg.ckpt_path),
         "split": cfg.split,
+        "tta": cfg.get("tta"),
+        "tile_size": cfg.get("tile_size"),
         "final": {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
         "params": sum(p.numel() for p in task.parameters()),
         "wall_time_s": time.time() - started,

@@ -23,6 +23,13 @@ class RawSample:
     instances: np.ndarray | None = None
 
 
+def coordinate_maps(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """x and y pixel coordinates normalised to [-1, 1] (float32), for ``data.add_coords``."""
+    ys, xs = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32),
+                         np.linspace(-1, 1, width, dtype=np.float32), indexing="ij")
+    return xs, ys
+
+
 class SegmentationDataset(Dataset):
     """Base for every dataset: applies an albumentations pipeline to image + masks together.
 
@@ -33,10 +40,18 @@ class SegmentationDataset(Dataset):
 
     class_names: list[str]
     ignore_index: int = 255
-    in_channels: int = 3
+    in_channels: int = 3  # channels of one loaded image (before context slices and coordinates)
+    # Input options set by the datamodule (``data.add_coords``, ``data.context_slices``).
+    add_coords: bool = False
+    context_slices: int = 0
 
     def __init__(self, transform=None):
         self.transform = transform
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the model sees: each of the 2k+1 slices' channels, plus x/y coordinates."""
+        return self.in_channels * (2 * self.context_slices + 1) + 2 * self.add_coords
 
     def load(self, index: int) -> RawSample:
         raise NotImplementedError
@@ -46,6 +61,10 @@ class SegmentationDataset(Dataset):
         image, masks = sample.image, [sample.mask]
         if sample.instances is not None:
             masks.append(sample.instances)
+        if self.add_coords:
+            # Coordinates of the *original* image travel as extra masks, so crops, flips and
+            # rotations move them with the pixels and Normalize leaves them alone.
+            masks.extend(coordinate_maps(*image.shape[:2]))
         if self.transform is not None:
             try:
                 out = self.transform(image=image, masks=masks)
@@ -57,6 +76,8 @@ class SegmentationDataset(Dataset):
             image, masks = out["image"], out["masks"]
         if image.ndim == 2:
             image = image[..., None]
+        if self.add_coords:
+            image = np.concatenate([image, np.stack(masks[-2:], axis=-1)], axis=-1)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)),
             "mask": torch.from_numpy(np.asarray(masks[0], dtype=np.int64)),

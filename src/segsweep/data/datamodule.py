@@ -55,6 +55,9 @@ class SegmentationDataModule(L.LightningDataModule):
         root: passed to the dataset as ``root`` when set (``data.root=`` on the command line).
         train_transform / eval_transform: albumentations pipelines from the ``augment`` group.
         batch_size: training batch size per device; ``eval_batch_size`` for val/test.
+        add_coords: append normalised x/y pixel-coordinate channels of the original image.
+        context_slices: 2.5D input for stacks of consecutive slices: slice s gets its ``k``
+            neighbours on each side as extra channels (mirrored at the stack's ends).
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class SegmentationDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        add_coords: bool = False,
+        context_slices: int = 0,
     ):
         super().__init__()
         unknown = set(splits) - set(STAGES)
@@ -81,6 +86,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        if context_slices < 0:
+            raise ValueError(f"data.context_slices={context_slices} must be >= 0")
+        self.input_options = {"add_coords": bool(add_coords), "context_slices": int(context_slices)}
         self.datasets: dict[str, SegmentationDataset] = {}
 
     def build(self, stage: str, transform="default") -> SegmentationDataset:
@@ -93,6 +101,13 @@ class SegmentationDataModule(L.LightningDataModule):
             if self.root is not None:
                 kwargs["root"] = self.root
             dataset = self.dataset_factory(transform=transform if custom else self.transforms[stage], **kwargs)
+            if self.input_options["context_slices"] and not getattr(dataset, "supports_context", False):
+                raise ValueError(
+                    f"data.context_slices needs a dataset of consecutive slices (FolderDataset); "
+                    f"{type(dataset).__name__} has none"
+                )
+            for name, value in self.input_options.items():
+                setattr(dataset, name, value)
             if len(dataset) == 0:
                 raise ValueError(f"the {stage!r} split of data is empty ({kwargs})")
             if custom:
@@ -111,7 +126,8 @@ class SegmentationDataModule(L.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
-        return int(self.build("train").in_channels)
+        """Channels the model takes (coordinates and context slices included)."""
+        return int(self.build("train").input_channels)
 
     def setup(self, stage: str | None = None) -> None:
         test = "test" if "test" in self.split_args else "val"

@@ -92,6 +92,30 @@ class FolderDataset(SegmentationDataset):
                 f"for split={split!r}"
             )
         self.pairs = [(image_files[s], mask_files[s]) for s in stems]
+        # For 2.5D input: the whole folder in stem order is the stack, whatever the split.
+        self.stack = [image_files[s] for s in sorted(image_files)]
+        self.stack_index = {path: i for i, path in enumerate(self.stack)}
+
+    supports_context = True
+
+    def read_context(self, image_path: Path) -> np.ndarray:
+        """Slice s and its ``context_slices`` neighbours each side, stacked on the channel axis.
+
+        Neighbours past either end of the stack are mirrored (s-1 -> s+1 at the first slice).
+        """
+        k, centre, last = self.context_slices, self.stack_index[image_path], len(self.stack) - 1
+        if k > last:
+            raise ValueError(f"data.context_slices={k} needs at least {k + 1} slices, {self.images_dir} has {last + 1}")
+        slices = []
+        for offset in range(-k, k + 1):
+            i = abs(centre + offset)  # mirror at the start
+            i = last - abs(last - i)  # and at the end
+            image = read_image(self.stack[i])
+            slices.append(image[..., None] if image.ndim == 2 else image)
+        shapes = {s.shape for s in slices}
+        if len(shapes) > 1:
+            raise ValueError(f"slices around {image_path} differ in size {sorted(shapes)}: not one stack")
+        return np.concatenate(slices, axis=-1)
 
     def _value_lookup(self, value_map, void_values) -> dict[int, int]:
         """Mask value -> class id (or ignore_index); values outside it are an error at load time."""
@@ -124,12 +148,14 @@ class FolderDataset(SegmentationDataset):
 
     def load(self, index: int) -> RawSample:
         image_path, mask_path = self.pairs[index]
-        image, raw_mask = read_image(image_path), read_image(mask_path)
+        image = self.read_context(image_path) if self.context_slices else read_image(image_path)
+        raw_mask = read_image(mask_path)
         if image.ndim == 2:
             image = image[..., None]
-        if image.shape[2] != self.in_channels:
+        per_slice = image.shape[2] // (2 * self.context_slices + 1)
+        if per_slice != self.in_channels:
             raise ValueError(
-                f"{image_path} has {image.shape[2]} channels but data.in_channels={self.in_channels}"
+                f"{image_path} has {per_slice} channels but data.dataset.in_channels={self.in_channels}"
             )
         if raw_mask.ndim != 2 or raw_mask.shape != image.shape[:2]:
             raise ValueError(

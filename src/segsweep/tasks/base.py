@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from torch import nn
 
+from segsweep.inference import sliding_window_probs, tta_probs
 from segsweep.losses import build_loss
 from segsweep.metrics import segmentation_metrics
 
 EVAL_STAGES = ("val", "test")
+TTA_CHOICES = ("flips", "flips_rot90")
 
 
 class SegmentationTask(L.LightningModule):
@@ -38,6 +40,11 @@ class SegmentationTask(L.LightningModule):
     loss_mode: str  # "binary" or "multiclass": decided by the task, never by the loss config
     monitor = "val/iou"
     monitor_mode = "max"
+    # Inference options, set by segsweep-eval / segsweep-predict (not training hyperparameters).
+    tta: str | None = None  # None, "flips" or "flips_rot90"
+    tile_size: int | None = None  # images larger than this are predicted in blended tiles
+    tile_overlap: float = 0.25
+    tile_batch_size: int = 4
 
     def __init__(
         self,
@@ -111,7 +118,32 @@ class SegmentationTask(L.LightningModule):
             images = F.pad(images, (0, pad_w, 0, pad_h))
         return self.net(images)[..., :height, :width]
 
+    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, K, H, W)`` with this task's TTA and tiling options."""
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return self.logits_to_probs(self(x))
+
+        if self.tta:
+            if self.tta not in TTA_CHOICES:
+                raise ValueError(f"tta={self.tta!r} is not one of {list(TTA_CHOICES)}")
+            plain = predict
+
+            def predict(x: torch.Tensor) -> torch.Tensor:
+                return tta_probs(plain, x, flips=True, rot90=self.tta == "flips_rot90")
+
+        if not self.tile_size:
+            return predict(images)
+        return torch.stack([
+            sliding_window_probs(predict, image, self.tile_size, self.tile_overlap, self.tile_batch_size)
+            for image in images
+        ])
+
     def shared_step(self, batch: dict, stage: str) -> dict:
+        if stage != "train" and (self.tta or self.tile_size):
+            # Averaged probabilities have no logits to take a loss of: metrics only.
+            preds = self.predict_probs(batch["image"]).argmax(dim=1)
+            self.metrics[stage].update(preds, batch["mask"])
+            return {"preds": preds}
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         batch_size = batch["image"].shape[0]
