@@ -1,0 +1,140 @@
+"""Predicted maps -> instances: one label image per input plus a class and a score per instance.
+
+This is the prediction format both families share (bottom-up maps through marker-controlled
+watershed, Mask R-CNN masks pasted by score), so metrics, overlays and reports treat them alike:
+``Instances(labels, classes, scores)`` with ids ``1..n`` in ``labels`` and entry ``i - 1`` of
+``classes`` / ``scores`` describing id ``i``.
+
+Runs on CPU in numpy/scipy/scikit-image: one watershed of a 128 x 128 image takes about a
+millisecond, far below the network's forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from skimage.segmentation import relabel_sequential, watershed
+
+METHODS = ("watershed", "components")
+
+
+class Instances(NamedTuple):
+    """One image's instances: ``labels`` (H, W) int64, ids 1..n; ``classes`` (n,) int64;
+    ``scores`` (n,) float32 in [0, 1]."""
+
+    labels: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+
+
+def _sequential(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects under ``min_size`` pixels, renumber the rest 1..n."""
+    if min_size > 1 and labels.any():
+        sizes = np.bincount(labels.ravel())
+        labels = np.where(sizes[labels] < min_size, 0, labels)
+    return relabel_sequential(labels)[0].astype(np.int64)
+
+
+def split_objects(
+    foreground: np.ndarray,
+    separator: np.ndarray,
+    encoding: str = "core",
+    method: str = "watershed",
+    foreground_threshold: float = 0.5,
+    seed_threshold: float = 0.5,
+    min_size: int = 0,
+) -> np.ndarray:
+    """Probability maps ``(H, W)`` of one image -> label image (0 = background, ids 1..n).
+
+    Args:
+        encoding: which map ``separator`` is (``core``/``distance``: high inside objects;
+            ``boundary``: high on object borders).
+        method: ``watershed``: seeds = connected components of the confident inner parts
+            (``separator > seed_threshold``, or ``< seed_threshold`` for ``boundary``) grown over
+            the foreground by watershed; foreground blobs without a seed become objects as they
+            are. ``components``: connected components of the foreground (objects never touch,
+            e.g. ISBI cell interiors split by membranes).
+        foreground_threshold: probability above which a pixel belongs to some object.
+        seed_threshold: threshold on the separator map for the seeds (see ``method``).
+        min_size: objects smaller than this many pixels are dropped (noise).
+    """
+    if method not in METHODS:
+        raise ValueError(f"task.postprocess.method={method!r} is not one of {list(METHODS)}")
+    mask = foreground > foreground_threshold
+    if method == "components":
+        return _sequential(ndi.label(mask)[0], min_size)
+    if encoding == "boundary":
+        seeds, elevation = mask & (separator < seed_threshold), separator
+    else:
+        seeds, elevation = mask & (separator > seed_threshold), -separator
+    markers, count = ndi.label(seeds)
+    labels = watershed(elevation, markers, mask=mask) if count else np.zeros(mask.shape, np.int64)
+    # Foreground the seeds missed (small or faint objects) still counts, as its own objects.
+    leftover, extra = ndi.label(mask & (labels == 0))
+    labels = np.where(leftover > 0, leftover + count, labels)
+    return _sequential(labels, min_size)
+
+
+def describe(
+    labels: np.ndarray, foreground: np.ndarray, class_probs: np.ndarray | None = None
+) -> Instances:
+    """Score each object by its mean foreground probability; class by summed class probabilities
+    (classes 1.. of ``class_probs`` ``(C, H, W)``; class 1 for every object when ``None``)."""
+    labels = relabel_sequential(np.asarray(labels, np.int64))[0]
+    n = int(labels.max())
+    index = np.arange(1, n + 1)
+    scores = (
+        np.asarray(ndi.mean(foreground, labels, index), np.float32)
+        if n
+        else np.zeros(0, np.float32)
+    )
+    if class_probs is None or class_probs.shape[0] <= 2 or n == 0:
+        classes = np.ones(n, np.int64)
+    else:
+        votes = np.stack([ndi.sum(p, labels, index) for p in class_probs[1:]], axis=1)
+        classes = votes.argmax(1).astype(np.int64) + 1
+    return Instances(labels, classes, scores)
+
+
+def from_labels(
+    labels: np.ndarray, semantic: np.ndarray | None = None, ignore_index: int | None = None
+) -> Instances:
+    """True instances: any ids renumbered 1..n, class = the most frequent ``semantic`` class under
+    each object (ignored and background pixels aside; class 1 when ``semantic`` is ``None``)."""
+    labels = relabel_sequential(np.asarray(labels, np.int64))[0]
+    n = int(labels.max())
+    classes = np.ones(n, np.int64)
+    if semantic is not None and n:
+        semantic = np.asarray(semantic, np.int64)
+        valid = (labels > 0) & (semantic > 0) & (semantic != ignore_index)
+        num = int(semantic[valid].max(initial=1)) + 1
+        votes = np.bincount(labels[valid] * num + semantic[valid], minlength=(n + 1) * num)
+        votes = votes.reshape(n + 1, num)[1:]
+        classes = np.where(votes.any(1), votes.argmax(1), 1).astype(np.int64)
+    return Instances(labels, classes, np.ones(n, np.float32))
+
+
+def paste_masks(
+    masks: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, mask_threshold: float = 0.5
+) -> Instances:
+    """Mask R-CNN output -> ``Instances``: ``masks`` (n, 1, H, W) probabilities pasted in
+    ascending score order, so the higher score wins where detections overlap; detections left
+    with no pixel are dropped."""
+    height, width = masks.shape[-2:]
+    labels = torch.zeros((height, width), dtype=torch.int64)
+    order = torch.argsort(scores.cpu())
+    binary = masks.detach().cpu()[:, 0] > mask_threshold
+    for rank, i in enumerate(order.tolist(), start=1):
+        labels[binary[i]] = rank
+    labels_np = labels.numpy()
+    kept = np.unique(labels_np[labels_np > 0])
+    new, _, _ = relabel_sequential(labels_np)
+    source = order.numpy()[kept - 1]  # detection index of each kept id, in id order
+    return Instances(
+        new.astype(np.int64),
+        classes.detach().cpu().numpy()[source].astype(np.int64),
+        scores.detach().cpu().numpy()[source].astype(np.float32),
+    )

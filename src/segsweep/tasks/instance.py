@@ -1,0 +1,231 @@
+"""Bottom-up instance segmentation over any smp architecture: per-pixel maps, then watershed.
+
+The net predicts a foreground map and a map that separates touching objects (``task.encoding``,
+see ``segsweep.instance.encoding``), plus one channel per class when the data has more than one
+object class. Targets are made from ``batch["instances"]`` in the step, on the batch's device.
+Validation and test split the maps into objects (``segsweep.instance.postprocess``) and score
+them with ``segsweep.instance.metrics``; ``MaskRCNNTask`` (top-down) reuses this evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segsweep.instance.encoding import CHANNELS, encode
+from segsweep.instance.metrics import instance_metrics
+from segsweep.instance.postprocess import Instances, describe, from_labels, split_objects
+from segsweep.losses import build_loss
+from segsweep.tasks.base import EVAL_STAGES, SegmentationTask
+
+
+class InstanceSegmentationTask(SegmentationTask):
+    """``task=instance``: bottom-up instances from any ``model=`` / ``encoder=`` / ``loss=``.
+
+    Args (besides the base task's):
+        encoding: target maps, ``core`` (default), ``distance`` or ``boundary``.
+        core_fraction: ``core``: the share of an object's depth its core starts at.
+        boundary_width: ``boundary``: border ring width in pixels.
+        channel_weights: loss weight of each map (foreground, separator) and of the class maps.
+        postprocess: keyword arguments of ``split_objects`` (``method``, ``foreground_threshold``,
+            ``seed_threshold``, ``min_size``).
+        rand_vi: also compute adapted Rand error and variation of information (ISBI-style data).
+
+    The configured ``loss`` is built in binary mode and applied to each map channel on its own (so
+    ``loss=`` sweeps compare the same thing for every map); the class maps, when there are any,
+    use the same loss in multiclass mode (cross-entropy if the loss is binary-only).
+    """
+
+    loss_mode = "binary"
+    monitor = "val/ap50"
+
+    def __init__(
+        self,
+        model: dict,
+        loss: dict,
+        optimizer: dict,
+        class_names: list[str],
+        in_channels: int,
+        ignore_index: int = 255,
+        scheduler: dict | None = None,
+        run_config: dict | None = None,
+        encoding: str = "core",
+        core_fraction: float = 0.5,
+        boundary_width: int = 1,
+        channel_weights: Mapping[str, float] | None = None,
+        postprocess: Mapping | None = None,
+        rand_vi: bool = False,
+    ):
+        if encoding not in CHANNELS:
+            raise ValueError(f"task.encoding={encoding!r} is not one of {list(CHANNELS)}")
+        # Plain dicts in the saved hyperparameters (Hydra passes DictConfigs); read from locals.
+        postprocess = (
+            OmegaConf.to_container(postprocess)
+            if isinstance(postprocess, DictConfig)
+            else postprocess
+        )
+        if isinstance(channel_weights, DictConfig):
+            channel_weights = OmegaConf.to_container(channel_weights)
+        super().__init__(
+            model, loss, optimizer, class_names, in_channels, ignore_index, scheduler, run_config
+        )
+        self._post_seconds = 0.0
+        self._epoch_started = 0.0
+
+    # -- what differs from the semantic tasks ------------------------------------------------------
+    def check_classes(self) -> None:
+        if len(self.class_names) < 2:
+            raise ValueError(
+                f"task=instance needs background + object classes, the data has {self.class_names}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes the net tells apart (1 = class-agnostic instances)."""
+        return len(self.class_names) - 1
+
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        return CHANNELS[self.hparams.encoding]
+
+    @property
+    def num_outputs(self) -> int:
+        classes = len(self.class_names) if self.num_classes > 1 else 0
+        return len(self.map_names) + classes
+
+    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.num_classes > 1:
+            return logits[:, len(self.map_names) :].argmax(1) * (logits[:, 0] > 0)
+        return (logits[:, 0] > 0).long()
+
+    def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        foreground = torch.sigmoid(logits[:, :1])
+        if self.num_classes > 1:
+            classes = logits[:, len(self.map_names) :].softmax(1)
+            return torch.cat([1 - foreground, foreground * classes[:, 1:]], dim=1)
+        return torch.cat([1 - foreground, foreground], dim=1)
+
+    def configure_losses(self) -> None:
+        loss, ignore = self.hparams.loss, self.hparams.ignore_index
+        self.criterion = build_loss(instantiate(loss), mode="binary", ignore_index=ignore)
+        self.class_criterion = None
+        if self.num_classes > 1:
+            try:
+                self.class_criterion = build_loss(
+                    instantiate(loss), mode="multiclass", ignore_index=ignore
+                )
+            except ValueError as err:  # binary-only loss: the class maps fall back to cross-entropy
+                rank_zero_warn(f"class maps use cross-entropy: {err}")
+                self.class_criterion = nn.CrossEntropyLoss(ignore_index=ignore)
+        weights = {name: 1.0 for name in (*self.map_names, "classes")}
+        weights.update(self.hparams.channel_weights or {})
+        self.channel_weights = weights
+
+    def configure_metrics(self) -> None:
+        self.metrics = nn.ModuleDict(
+            {
+                s: instance_metrics(rand_vi=self.hparams.rand_vi).clone(prefix=f"{s}/")
+                for s in EVAL_STAGES
+            }
+        )
+
+    # -- steps --------------------------------------------------------------------------------
+    def compute_loss(
+        self, logits: torch.Tensor, batch: dict
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum over maps of the configured loss; targets encoded here from the instances."""
+        if "instances" not in batch:
+            raise ValueError(
+                "task=instance needs data with instance labels (no 'instances' in the batch)"
+            )
+        mask, hp = batch["mask"], self.hparams
+        targets = encode(batch["instances"], hp.encoding, hp.core_fraction, hp.boundary_width)
+        ignored = mask == hp.ignore_index
+        terms = {}
+        for k, name in enumerate(self.map_names):
+            target = targets[:, k].masked_fill(ignored, float(hp.ignore_index))
+            terms[name] = self.criterion(logits[:, k : k + 1], target)
+        if self.class_criterion is not None:
+            terms["classes"] = self.class_criterion(logits[:, len(self.map_names) :], mask)
+        total = sum(self.channel_weights[name] * value for name, value in terms.items())
+        return total, terms
+
+    def shared_step(self, batch: dict, stage: str) -> dict:
+        logits = self(batch["image"])
+        loss, terms = self.compute_loss(logits, batch)
+        size, train = batch["image"].shape[0], stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=train,
+            on_epoch=True,
+            batch_size=size,
+            prog_bar=train,
+            sync_dist=not train,
+        )
+        for name, value in terms.items():
+            self.log(
+                f"{stage}/loss/{name}", value, on_epoch=True, batch_size=size, sync_dist=not train
+            )
+        if train:
+            return {"loss": loss}
+        started = time.perf_counter()
+        preds = self.predict_instances(logits, valid=batch["mask"] != self.hparams.ignore_index)
+        instances = self.evaluate(preds, batch, stage)
+        self._post_seconds += time.perf_counter() - started
+        return {"loss": loss, "preds": self.logits_to_labels(logits), "instances": instances}
+
+    def predict_instances(
+        self, logits: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> list[Instances]:
+        """Logits ``(N, K, H, W)`` -> one ``Instances`` per image (ignored pixels left out)."""
+        probs = torch.sigmoid(logits[:, : len(self.map_names)].float())
+        if valid is not None:
+            probs = probs * valid[:, None]
+        probs = probs.detach().cpu().numpy()
+        classes = logits[:, len(self.map_names) :].float().softmax(1).detach().cpu().numpy()
+        options = dict(self.hparams.postprocess or {})
+        out = []
+        for i, (foreground, separator) in enumerate(probs):
+            labels = split_objects(foreground, separator, self.hparams.encoding, **options)
+            out.append(describe(labels, foreground, classes[i] if self.num_classes > 1 else None))
+        return out
+
+    def evaluate(self, preds: list[Instances], batch: dict, stage: str) -> torch.Tensor:
+        """Update the stage's metrics; returns the predicted label images ``(N, H, W)``."""
+        ignore = self.hparams.ignore_index
+        masks = batch["mask"].cpu().numpy()
+        targets = [
+            from_labels(t, m if self.num_classes > 1 else None, ignore)
+            for t, m in zip(batch["instances"].cpu().numpy(), masks, strict=True)
+        ]
+        self.metrics[stage].update(preds, targets)
+        return torch.from_numpy(np.stack([p.labels for p in preds])).to(batch["instances"].device)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Instances]:
+        return self.predict_instances(self(batch["image"]))
+
+    # -- epoch ends: metrics and the post-processing time ------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._post_seconds, self._epoch_started = 0.0, time.perf_counter()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        started = time.perf_counter()
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        post = self._post_seconds + time.perf_counter() - started
+        self.log(f"{stage}/ap50", values.pop(f"{stage}/ap50"), prog_bar=True)
+        self.log_dict({k: v.float() for k, v in values.items()})
+        # Post-processing + metric time, in seconds per epoch of this stage, and its share of it.
+        key = "time/postprocess" if stage == "val" else f"time/{stage}_postprocess"
+        self.log(key, post)
+        self.log(f"{key}_fraction", post / max(time.perf_counter() - self._epoch_started, 1e-9))

@@ -1,0 +1,108 @@
+"""task=instance through Hydra: bottom-up (any smp model) and Mask R-CNN each fit + test a step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from segsweep.tasks import InstanceSegmentationTask, load_task
+from segsweep.tasks.maskrcnn import build_maskrcnn
+from segsweep.train import build_datamodule, build_task, train
+from tests.conftest import TINY_ENCODER
+
+# Few proposals and RoIs: an untrained RPN otherwise sends thousands of boxes through the heads.
+SMALL_RCNN = [
+    "model.detections_per_image=20",
+    "+model.rpn_pre_nms_top_n_train=64",
+    "+model.rpn_post_nms_top_n_train=32",
+    "+model.rpn_pre_nms_top_n_test=64",
+    "+model.rpn_post_nms_top_n_test=32",
+    "+model.box_batch_size_per_image=32",
+]
+# Tiny and fast: 8 train / 4 val images of 64 px, one epoch, small decoder.
+TINY = [
+    "task=instance",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=1",
+    "data.dataset.num_classes=1",
+    "callbacks=default",  # checkpoints + the overlay callback on instance outputs
+    "~callbacks.progress_bar",
+    "callbacks.image_logger.every_n_epochs=1",
+]
+
+
+# One encoding is enough here: all three round-trip in test_instance_metrics.py.
+@pytest.mark.parametrize("encoding", ["distance"])
+def test_bottom_up_trains_a_step(make_cfg, tmp_path, encoding):
+    cfg = make_cfg(
+        *TINY,
+        f"encoder={TINY_ENCODER}",
+        f"task.encoding={encoding}",
+        "loss=bce_dice",
+        "+model.decoder_channels=[16,8,8,8,8]",
+    )
+    assert cfg.optimized_metric == "val/ap50"
+    result = train(cfg)
+    final = {**result["best"], **result["final"]}
+    for key in (
+        "val/ap50",
+        "val/ap",
+        "val/aji",
+        "val/pq",
+        "val/f1",
+        "test/ap50",
+        "time/postprocess",
+        "train/loss/foreground",
+        f"train/loss/{encoding}",
+    ):
+        assert key in final, key
+    assert math.isfinite(final["train/loss"]) and 0 <= final["val/ap50"] <= 1
+    reloaded = load_task(result["best_checkpoint"])  # instance settings are in it
+    assert isinstance(reloaded, InstanceSegmentationTask) and reloaded.hparams.encoding == encoding
+    assert 0 <= final["time/postprocess_fraction"] <= 1
+    assert list((tmp_path / "predictions").glob("epoch_*.png")), "no instance overlay written"
+
+
+def test_class_maps_with_several_classes(make_cfg):
+    cfg = make_cfg(
+        "task=instance", f"encoder={TINY_ENCODER}", "data.dataset.num_classes=3", "loss=dice"
+    )
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule)
+    assert task.num_outputs == 2 + 4  # foreground + core, then background + 3 shape classes
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    loss, terms = task.compute_loss(task(batch["image"]), batch)
+    assert set(terms) == {"foreground", "core", "classes"} and loss.requires_grad
+
+
+def test_maskrcnn_trains_a_step(make_cfg):
+    cfg = make_cfg(*TINY, "model=maskrcnn", "encoder=resnet18", *SMALL_RCNN)
+    assert cfg.task._target_.endswith("MaskRCNNTask")
+    result = train(cfg)
+    final = {**result["best"], **result["final"]}
+    assert math.isfinite(final["train/loss"])
+    for key in ("train/loss/mask", "train/loss/objectness", "val/ap50", "val/pq", "test/aji"):
+        assert key in final, key
+
+
+def test_maskrcnn_needs_instance_data(make_cfg):
+    cfg = make_cfg("model=maskrcnn", "encoder=resnet18")  # task=binary: no instances in the data
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    task = build_task(cfg, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    with pytest.raises(ValueError, match="task=instance"):
+        task.training_step(batch, 0)
+    assert torch.is_tensor(batch["image"])
+
+
+def test_maskrcnn_backbone_must_be_a_resnet():
+    with pytest.raises(ValueError, match="'tu-mobilenetv3_small_050' is not one of"):
+        build_maskrcnn(in_channels=1, classes=2, backbone=TINY_ENCODER)
+    net = build_maskrcnn(
+        in_channels=1, classes=3, backbone="resnet18"
+    )  # grey input: new first conv
+    assert net.backbone.body.conv1.in_channels == 1
