@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segsweep.callbacks import RunSummary
 from segsweep.callbacks.run_summary import _to_float
+from segsweep.launch import launch, needs_launch
 from segsweep.tasks import load_task
 from segsweep.train import CONFIG_DIR, build_datamodule, build_trainer
 from segsweep.utils.run import hydra_context, run_job, write_metrics_json
@@ -66,7 +67,14 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
+    if needs_launch(cfg):  # DDP evaluation: this job starts its own ranks (segsweep/launch.py)
+        return run_job(launch_ranks, cfg)["value"]
     return run_job(evaluate, cfg)["value"]
+
+
+def launch_ranks(cfg: DictConfig) -> dict:
+    result = launch(cfg, "segsweep.eval:evaluate")
+    return {**result, "value": result["final"].get(f"{cfg.split}/iou")}
 
 
 if __name__ == "__main__":

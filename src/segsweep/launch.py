@@ -13,6 +13,7 @@ start their own tasks, one per rank; then nothing is launched here.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -53,11 +54,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(cfg: DictConfig) -> dict:
-    """Run this job on its own ranks; return rank zero's result (the metrics.json payload)."""
+def launch(cfg: DictConfig, job: str) -> dict:
+    """Run ``job`` (``"module:function"``, e.g. ``"segsweep.train:train"``) on this job's own
+    ranks; return rank zero's result (the metrics.json payload)."""
     output_dir = Path(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["job_context"] = hydra_context()  # Hydra's runtime is not there in the workers
+    config["launch_job"] = job
     config_path = output_dir / "ddp" / "config.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(config), config_path)
@@ -86,11 +89,10 @@ def launch(cfg: DictConfig) -> dict:
 
 
 def worker(config_path: str) -> None:
-    """One rank: train from the saved, resolved config."""
-    from segsweep.train import train
-
+    """One rank: run the saved job on the saved, resolved config."""
     cfg = OmegaConf.load(config_path)
-    run_job(train, cfg)
+    module, function = cfg.launch_job.split(":")
+    run_job(getattr(importlib.import_module(module), function), cfg)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def launch_ranks(cfg: DictConfig) -> dict:
-    result = launch(cfg)
+    result = launch(cfg, "segsweep.train:train")
     return {**result, "value": result["best"].get(cfg.optimized_metric)}
 
 

@@ -1,0 +1,59 @@
+"""DDP on CPU (gloo): training, exact evaluation metrics, and DDP jobs inside a Hydra multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY_ENCODER
+from omegaconf import OmegaConf
+
+from segsweep.eval import evaluate
+from segsweep.launch import local_process_count
+
+# Five test images in batches of two: the ranks get 3 and 2, so any padding would count twice.
+TINY = ["trainer.max_epochs=1", f"encoder={TINY_ENCODER}", "data.dataset.image_size=64",
+        "data.splits.train.num_images=8", "data.splits.val.num_images=5", "data.splits.test.num_images=5",
+        "data.batch_size=2", "data.eval_batch_size=2", "augment.crop_size=64", "logger=csv",
+        "callbacks.image_logger.every_n_epochs=1"]
+
+
+def run(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def test_process_count_from_trainer_config():
+    assert local_process_count(OmegaConf.create({"strategy": "ddp", "devices": 2})) == 2
+    assert local_process_count(OmegaConf.create({"strategy": "auto", "devices": 4})) == 1
+    assert local_process_count(OmegaConf.create({"strategy": "ddp_spawn", "devices": 2})) == 1
+    with pytest.raises(ValueError, match="trainer.devices='auto'"):
+        local_process_count(OmegaConf.create({"strategy": "ddp", "devices": "auto", "accelerator": "cpu"}))
+
+
+def test_ddp_multirun_jobs_are_single_exact_and_repeatable(tmp_path, make_cfg):
+    """Two identical DDP jobs in one multirun: two job dirs, equal metrics, and the DDP test
+    metrics equal a single-process evaluation of the same checkpoint."""
+    sweep = tmp_path / "sweep"
+    run("segsweep.train", "-m", "trainer=ddp_cpu", *TINY, "seed=3,3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert [p.name for p in jobs] == [f"0_unet-{TINY_ENCODER}-dice", f"1_unet-{TINY_ENCODER}-dice"]
+    assert len([p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 2
+    first, second = (json.loads((job / "metrics.json").read_text()) for job in jobs)
+    assert first["status"] == "completed" and first["final"] == second["final"]
+    assert (sweep / "leaderboard.csv").read_text().count("completed") == 2
+    assert not (jobs[0] / "wandb").exists()  # csv logger only; one csv dir, written by rank zero
+    assert len(list((jobs[0] / "csv").iterdir())) == 1
+
+    cfg = make_cfg("trainer=cpu", f"ckpt_path={first['best_checkpoint']}", "split=test",
+                   config_name="eval", fast=False)
+    single = evaluate(cfg)
+    for name in ("test/iou", "test/dice", "test/acc"):
+        assert single["final"][name] == pytest.approx(first["final"][name], abs=1e-6), name
