@@ -57,3 +57,31 @@ def test_ddp_multirun_jobs_are_single_exact_and_repeatable(tmp_path, make_cfg):
     single = evaluate(cfg)
     for name in ("test/iou", "test/dice", "test/acc"):
         assert single["final"][name] == pytest.approx(first["final"][name], abs=1e-6), name
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from conftest import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=slurm", "hydra.launcher.nodes=2",
+                                          "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.tasks_per_node == 4 and launcher.nodes == 2 and launcher.max_num_timeout > 0
+    assert cfg.trainer.devices == 4 and cfg.trainer.num_nodes == 2 and cfg.trainer.strategy == "ddp"
+    GlobalHydra.instance().clear()
+
+
+def test_submitit_local_executor_runs_a_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    run("segsweep.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+        "trainer=cpu", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    (job,) = [p for p in sweep.iterdir() if (p / "metrics.json").exists()]
+    assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
