@@ -172,4 +172,4 @@ def test_context_slices_need_a_stack(tmp_path):
     dm = SegmentationDataModule(dataset=functools.partial(SyntheticShapes, num_images=2, image_size=32),
                                 splits={"train": {}, "val": {}}, context_slices=1)
     with pytest.raises(ValueError, match="context_slices needs a dataset of consecutive slices"):
-        dm.in_channels
+        _ = dm.in_channels

@@ -60,11 +60,10 @@ def test_ddp_multirun_jobs_are_single_exact_and_repeatable(tmp_path, make_cfg):
 
 
 def test_slurm_launcher_config_composes(tmp_path):
+    from conftest import CONFIG_DIR
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-
-    from conftest import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY_ENCODER
 from hydra.errors import InstantiationException, MissingConfigException
 from omegaconf import OmegaConf
 
 from segsweep.train import build_datamodule, build_task, train
-
-from conftest import ROOT, TINY_ENCODER
 
 SEMANTIC_MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if p.stem != "maskrcnn")
 # Encoders an architecture needs instead of the tiny default (smp's own constraints).

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segsweep.instance.encoding import CHANNELS, encode
@@ -65,14 +64,6 @@ class InstanceSegmentationTask(SegmentationTask):
     ):
         if encoding not in CHANNELS:
             raise ValueError(f"task.encoding={encoding!r} is not one of {list(CHANNELS)}")
-        # Plain dicts in the saved hyperparameters (Hydra passes DictConfigs); read from locals.
-        postprocess = (
-            OmegaConf.to_container(postprocess)
-            if isinstance(postprocess, DictConfig)
-            else postprocess
-        )
-        if isinstance(channel_weights, DictConfig):
-            channel_weights = OmegaConf.to_container(channel_weights)
         super().__init__(
             model, loss, optimizer, class_names, in_channels, ignore_index, scheduler, run_config
         )

@@ -1,0 +1,223 @@
+"""``segsweep-predict ckpt_path=... input=<dir|file> output=<dir>``: label maps for new images.
+
+Everything about the model comes from the checkpoint (task, classes, input channels, the
+``augment.eval`` normalisation it was trained with), so a user gives nothing twice. Per input file
+``<stem>`` it writes to ``output``: ``<stem>.png`` (class ids as uint8, or instance ids as uint16
+for instance checkpoints), ``<stem>_probs.npy`` with ``save_probs=true`` (float32 ``(K, H, W)``, the
+maps the labels were made from; channel names in the index), ``<stem>_overlay.png`` with
+``overlays=true``, and one ``predictions.json`` index. A file that cannot be read or does not fit
+the model (e.g. grey for an RGB model) is skipped with a warning so the others still get
+predicted; the index lists it and the command then fails (exit code 1) naming every such file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from rich.progress import track
+
+from segsweep.data.base import coordinate_maps
+from segsweep.data.folder import IMAGE_SUFFIXES, read_image
+from segsweep.inference import sliding_window_probs, tta_probs
+from segsweep.tasks import InstanceSegmentationTask, MaskRCNNTask, load_task
+from segsweep.tasks.base import TTA_CHOICES, SegmentationTask
+from segsweep.train import CONFIG_DIR
+from segsweep.visualize import overlay, to_display
+
+log = logging.getLogger(__name__)
+INDEX_FILE = "predictions.json"
+
+
+class PredictionError(RuntimeError):
+    """Some input files were skipped; the others were predicted."""
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"input={path}: no images ({'/'.join(IMAGE_SUFFIXES)}) in it")
+    clashes = [stem for stem, n in Counter(p.stem for p in files).items() if n > 1]
+    if clashes:  # a.png and a.tif would write the same a.png
+        raise ValueError(f"input={path}: files share a stem, outputs would collide: {clashes[:5]}")
+    return files
+
+
+class Preprocess:
+    """Image file -> ``(raw (H, W, C), normalised (1, C', H, W))`` as the training data made it."""
+
+    def __init__(self, task: SegmentationTask):
+        run = task.hparams.run_config or {}
+        data = run.get("data") or {}
+        if not (run.get("augment") or {}).get("eval"):
+            raise ValueError("the checkpoint holds no augment.eval config to normalise images with")
+        if data.get("context_slices"):
+            raise ValueError("2.5D checkpoints (data.context_slices > 0) need neighbouring slices "
+                             "as channels: segsweep-predict does not build those stacks")
+        self.transform = instantiate(run["augment"]["eval"], _convert_="all")
+        self.add_coords = bool(data.get("add_coords"))
+        self.channels = task.hparams.in_channels - 2 * self.add_coords
+        # TiledInstances scales any bit depth to 0..255 before augment: do the same here.
+        target = str((data.get("dataset") or {}).get("_target_", ""))
+        self.percentiles = target.endswith("TiledInstances")
+
+    def __call__(self, path: Path) -> tuple[np.ndarray, torch.Tensor]:
+        image = read_image(path)
+        image = image[..., None] if image.ndim == 2 else image
+        if image.shape[2] == self.channels + 1 and self.channels in (1, 3):
+            image = image[..., :-1]  # grey+alpha or RGBA PNG: the alpha carries no image content
+        if image.shape[2] != self.channels:
+            kinds = {1: "grey", 3: "RGB"}
+            raise ValueError(f"{path} has {image.shape[2]} channel(s) "
+                             f"({kinds.get(image.shape[2], 'other')}) but the model takes "
+                             f"{self.channels} ({kinds.get(self.channels, 'other')})")
+        if self.percentiles:
+            low, high = np.percentile(image, (0.5, 99.8))
+            image = np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
+        normalised = self.transform(image=image)["image"]
+        normalised = normalised[..., None] if normalised.ndim == 2 else normalised
+        if normalised.shape[:2] != image.shape[:2]:
+            raise ValueError(f"the checkpoint's augment.eval resizes {path}: predict cannot")
+        if self.add_coords:  # the x/y channels data.add_coords appended in training
+            coords = np.stack(coordinate_maps(*image.shape[:2]), -1)
+            normalised = np.concatenate([normalised, coords], -1)
+        chw = np.ascontiguousarray(normalised.transpose(2, 0, 1), np.float32)
+        return image, torch.from_numpy(chw)[None]
+
+
+def instance_maps(task: InstanceSegmentationTask, images: torch.Tensor) -> torch.Tensor:
+    """Bottom-up instance maps as probabilities (sigmoid maps, softmax classes) with the task's TTA
+    and tiling: the composition of ``SegmentationTask.predict_probs``, on the instance maps."""
+    maps = len(task.map_names)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        logits = task(x)
+        return torch.cat([torch.sigmoid(logits[:, :maps]), logits[:, maps:].softmax(1)], 1)
+
+    if task.tta:
+        plain = predict
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return tta_probs(plain, x, flips=True, rot90=task.tta == "flips_rot90")
+
+    if not task.tile_size:
+        return predict(images)
+    return torch.stack([sliding_window_probs(predict, image, task.tile_size, task.tile_overlap,
+                                             task.tile_batch_size) for image in images])
+
+
+def predict_one(task, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """One image ``(1, C, H, W)`` -> (label image, probability maps or None, index entry)."""
+    names = task.class_names
+    if isinstance(task, MaskRCNNTask):
+        found = task.predict_instances(task(images))[0]
+    elif isinstance(task, InstanceSegmentationTask):
+        probs = instance_maps(task, images)
+        # predict_instances takes logits: invert the activations so it sees the averaged maps.
+        p, maps = probs.clamp(1e-6, 1 - 1e-6), len(task.map_names)
+        logits = torch.cat([torch.logit(p[:, :maps]), p[:, maps:].log()], 1)
+        found = task.predict_instances(logits)[0]
+    else:
+        probs = task.predict_probs(images)
+        labels = probs[0].argmax(0).cpu().numpy()
+        counts = np.bincount(labels.ravel(), minlength=len(names))
+        pixels = {names[i]: int(n) for i, n in enumerate(counts) if n}  # pixels per class
+        return labels, probs[0].cpu().numpy(), {"classes": pixels}
+    if found.labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{found.labels.max()} instances do not fit a 16-bit label image")
+    counts = Counter(names[c] for c in found.classes.tolist())
+    probs = None if isinstance(task, MaskRCNNTask) else probs[0].cpu().numpy()
+    return found.labels, probs, {"instances": len(found.classes), "classes": dict(counts)}
+
+
+def prob_channels(task) -> list[str]:
+    if isinstance(task, InstanceSegmentationTask):
+        return [*task.map_names, *(task.class_names if task.num_classes > 1 else [])]
+    return list(task.class_names)
+
+
+def display(image: np.ndarray) -> np.ndarray:
+    """The input as ``(H, W, 3)`` uint8 to draw on (other bit depths stretched to their range)."""
+    if image.dtype != np.uint8:
+        return to_display(image.transpose(2, 0, 1))
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+
+
+def predict(cfg: DictConfig | dict) -> dict:
+    """Predict every image of ``cfg.input`` into ``cfg.output``; returns the index it writes."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    if not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
+    if cfg.get("tta") and cfg.tta not in TTA_CHOICES:
+        raise ValueError(f"tta={cfg.tta!r} is not one of {list(TTA_CHOICES)}")
+    files = list_inputs(cfg.input)
+    device = cfg.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    task = load_task(cfg.ckpt_path).to(device).eval()
+    task.tta, task.tile_size = cfg.get("tta"), cfg.get("tile_size")
+    task.tile_overlap = cfg.get("tile_overlap", 0.25)
+    task.tile_batch_size = cfg.get("tile_batch_size", 4)
+    if isinstance(task, MaskRCNNTask) and (task.tta or task.tile_size or cfg.get("save_probs")):
+        raise ValueError("model=maskrcnn checkpoints predict whole images only: tta, tile_size and "
+                         "save_probs apply to the per-pixel tasks (binary, semantic, instance)")
+    instance = isinstance(task, InstanceSegmentationTask)
+    # Class ids fit 8 bits for up to 256 classes; instance ids need 16 (up to 65535 objects).
+    label_dtype = np.uint16 if instance or len(task.class_names) > 256 else np.uint8
+    preprocess, output = Preprocess(task), Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    entries, failed = [], []
+    with torch.inference_mode():
+        for path in track(files, description=f"predicting {len(files)} image(s)"):
+            started = time.perf_counter()
+            try:
+                image, images = preprocess(path)
+            except ValueError as err:  # unreadable or wrong channels: name it, go on with the rest
+                log.warning("skipped: %s", err)
+                failed.append({"file": str(path), "error": str(err)})
+                continue
+            labels, probs, found = predict_one(task, images.to(device))
+            Image.fromarray(labels.astype(label_dtype)).save(output / f"{path.stem}.png")
+            if cfg.get("save_probs"):
+                np.save(output / f"{path.stem}_probs.npy", probs.astype(np.float32))
+            if cfg.get("overlays"):
+                shown = overlay(display(image), labels, instance=instance)
+                Image.fromarray(shown).save(output / f"{path.stem}_overlay.png")
+            entries.append({"file": str(path), "labels": f"{path.stem}.png",
+                            "size": list(labels.shape), **found,
+                            "seconds": round(time.perf_counter() - started, 4)})
+    index = {"ckpt_path": str(cfg.ckpt_path), "task": type(task).__name__,
+             "class_names": list(task.class_names), "tta": task.tta, "tile_size": task.tile_size,
+             "device": str(device), "label_dtype": np.dtype(label_dtype).name,
+             "prob_channels": prob_channels(task) if cfg.get("save_probs") else None,
+             "files": entries, "failed": failed}
+    (output / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    if failed:
+        raise PredictionError(f"{len(failed)} of {len(files)} file(s) skipped (listed in "
+                              f"{output / INDEX_FILE}): "
+                              + "; ".join(f["error"] for f in failed[:10]))
+    return index
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
