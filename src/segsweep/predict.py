@@ -28,7 +28,6 @@ from rich.progress import track
 
 from segsweep.data.base import coordinate_maps
 from segsweep.data.folder import IMAGE_SUFFIXES, read_image
-from segsweep.inference import sliding_window_probs, tta_probs
 from segsweep.tasks import InstanceSegmentationTask, MaskRCNNTask, load_task
 from segsweep.tasks.base import TTA_CHOICES, SegmentationTask
 from segsweep.train import CONFIG_DIR
@@ -101,23 +100,13 @@ class Preprocess:
 
 def instance_maps(task: InstanceSegmentationTask, images: torch.Tensor) -> torch.Tensor:
     """Bottom-up instance maps as probabilities (sigmoid maps, softmax classes) with the task's TTA
-    and tiling: the composition of ``SegmentationTask.predict_probs``, on the instance maps."""
+    and tiling, so the watershed runs once on the blended whole image."""
     maps = len(task.map_names)
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        logits = task(x)
+    def to_probs(logits: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.sigmoid(logits[:, :maps]), logits[:, maps:].softmax(1)], 1)
 
-    if task.tta:
-        plain = predict
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return tta_probs(plain, x, flips=True, rot90=task.tta == "flips_rot90")
-
-    if not task.tile_size:
-        return predict(images)
-    return torch.stack([sliding_window_probs(predict, image, task.tile_size, task.tile_overlap,
-                                             task.tile_batch_size) for image in images])
+    return task.predict_probs(images, to_probs=to_probs)
 
 
 def predict_one(task, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict]:

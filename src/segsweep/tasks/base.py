@@ -118,10 +118,15 @@ class SegmentationTask(L.LightningModule):
             images = F.pad(images, (0, pad_w, 0, pad_h))
         return self.net(images)[..., :height, :width]
 
-    def predict_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``(N, K, H, W)`` with this task's TTA and tiling options."""
+    def predict_probs(self, images: torch.Tensor, to_probs=None) -> torch.Tensor:
+        """Class probabilities ``(N, K, H, W)`` with this task's TTA and tiling options.
+
+        ``to_probs`` replaces ``logits_to_probs`` (e.g. the instance task's per-map sigmoids).
+        """
+        to_probs = to_probs or self.logits_to_probs
+
         def predict(x: torch.Tensor) -> torch.Tensor:
-            return self.logits_to_probs(self(x))
+            return to_probs(self(x))
 
         if self.tta:
             if self.tta not in TTA_CHOICES:
