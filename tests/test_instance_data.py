@@ -8,12 +8,12 @@ import albumentations as A
 import numpy as np
 import pytest
 import tifffile
+from conftest import DATASETS, requires_dataset
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from segsweep.data.instances import CocoInstances, InstanceFolderDataset, TiledInstances
 from segsweep.train import build_datamodule
-from tests.conftest import DATASETS, requires_dataset
 
 # conftest's FAST list is for the synthetic data; real data configs compose without it.
 REAL = ["trainer=cpu", "logger=none", "callbacks=none"]

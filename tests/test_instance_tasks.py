@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_ENCODER
 
 from segsweep.tasks import InstanceSegmentationTask, load_task
 from segsweep.tasks.maskrcnn import build_maskrcnn
 from segsweep.train import build_datamodule, build_task, train
-from tests.conftest import TINY_ENCODER
 
 # Few proposals and RoIs: an untrained RPN otherwise sends thousands of boxes through the heads.
 SMALL_RCNN = [
