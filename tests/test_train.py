@@ -67,10 +67,10 @@ def test_semantic_task_on_synthetic_shapes(make_cfg):
 
 
 def test_local_encoder_weights_through_config(make_cfg, tmp_path):
-    source = build_task(make_cfg(f"encoder={TINY_ENCODER}"), build_datamodule(make_cfg()))
+    source = build_task(make_cfg("model=unet", f"encoder={TINY_ENCODER}"), build_datamodule(make_cfg()))
     path = tmp_path / "encoder.pth"
     torch.save(source.net.encoder.state_dict(), path)
-    cfg = make_cfg(f"encoder={TINY_ENCODER}", f"encoder.weights_path={path}", "seed=7")
+    cfg = make_cfg("model=unet", f"encoder={TINY_ENCODER}", f"encoder.weights_path={path}", "seed=7")
     task = build_task(cfg, build_datamodule(cfg))
     for name, value in source.net.encoder.state_dict().items():
         assert torch.equal(task.net.encoder.state_dict()[name], value), name
@@ -109,7 +109,7 @@ def test_train_and_eval_cli_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "logging offline" in done.stdout + done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["run_name"] == f"unet-{TINY_ENCODER}-dice"
+    assert metrics["status"] == "completed" and metrics["run_name"] == f"classic_unet-{TINY_ENCODER}-bce_dice"
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert (run_dir / "predictions" / "epoch_000.png").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -126,4 +126,5 @@ def test_checkpoint_keeps_the_run_config(make_cfg, tmp_path):
     result = train(make_cfg(f"encoder={TINY_ENCODER}"))
     checkpoint = torch.load(result["best_checkpoint"], weights_only=False)
     config = OmegaConf.create(checkpoint["hyper_parameters"]["run_config"])
-    assert config.model.arch == "unet" and checkpoint["segsweep_task"].endswith("BinarySegmentationTask")
+    assert config.model._target_.endswith("ClassicUNet")
+    assert checkpoint["segsweep_task"].endswith("BinarySegmentationTask")
