@@ -41,7 +41,7 @@ def test_bottom_up_trains_a_step(make_cfg, tmp_path, encoding):
         f"encoder={TINY_ENCODER}",
         f"task.encoding={encoding}",
         "loss=bce_dice",
-        "+model.decoder_channels=[16,8,8,8,8]",
+        "model=unet", "+model.decoder_channels=[16,8,8,8,8]",
     )
     assert cfg.optimized_metric == "val/ap50"
     result = train(cfg)

@@ -22,7 +22,7 @@ from segsweep.predict import PredictionError, Preprocess, predict
 from segsweep.tasks import load_task
 from segsweep.train import build_datamodule, build_task, train
 
-SMALL = ["+model.decoder_channels=[16,8,8,8,8]"]  # a decoder that costs little on 2 CPU cores
+SMALL = ["model=unet", "+model.decoder_channels=[16,8,8,8,8]"]  # a decoder that costs little on 2 CPU cores
 SIZES = {"wide": (50, 70), "odd": (97, 130)}  # (H, W): no multiple of any output stride
 
 

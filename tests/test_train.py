@@ -81,7 +81,7 @@ def test_local_encoder_weights_through_config(make_cfg, tmp_path):
     [
         (["model=unet_v9"], MissingConfigException, r"(?s)model/unet_v9.*Available options in 'model'.*unetplusplus"),
         (["loss=dicey"], MissingConfigException, r"(?s)loss/dicey.*Available options in 'loss'.*power_jaccard"),
-        (["encoder.name=resnet_9000"], ValueError, r"resnet_9000.*resnet18"),
+        (["model=unet", "encoder.name=resnet_9000"], ValueError, r"resnet_9000.*resnet18"),
         (["loss=cross_entropy"], ValueError, r"'cross_entropy' is multiclass-only.*binary.*bce"),
         (["augment.crop_size=256"], ValueError, r"sample 'synthetic_0_00000'.*augment.crop_size"),
         (["task=binary", "data.dataset.target=semantic"], ValueError, r"task=binary needs exactly 2 classes"),
