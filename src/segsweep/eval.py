@@ -15,7 +15,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.callbacks import RunSummary
-from segsweep.callbacks.run_summary import _to_float
+from segsweep.callbacks.run_summary import to_float
 from segsweep.launch import launch, needs_launch
 from segsweep.tasks import load_task
 from segsweep.train import CONFIG_DIR, build_datamodule, build_trainer
@@ -56,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "split": cfg.split,
         "tta": cfg.get("tta"),
         "tile_size": cfg.get("tile_size"),
-        "final": {k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
+        "final": {k: to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
         "params": sum(p.numel() for p in task.parameters()),
         "wall_time_s": time.time() - started,
         **hydra_context(cfg),

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.callbacks import RunSummary
-from segsweep.callbacks.run_summary import _to_float
+from segsweep.callbacks.run_summary import to_float
 from segsweep.data.datamodule import SegmentationDataModule
 from segsweep.launch import launch, needs_launch
 from segsweep.tasks import SegmentationTask
@@ -67,7 +67,7 @@ def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSumma
         "monitor": cfg.optimized_metric,
         "monitor_mode": cfg.monitor_mode,
         # Testing resets the trainer's metrics: the last validation epoch comes from the history.
-        "final": {**summary.final(), **{k: _to_float(v) for k, v in sorted(trainer.callback_metrics.items())
+        "final": {**summary.final(), **{k: to_float(v) for k, v in sorted(trainer.callback_metrics.items())
                                         if k.startswith("test/")}},
         "best": summary.best(),
         "best_checkpoint": (checkpoint.best_model_path or None) if checkpoint else None,

@@ -48,7 +48,7 @@ class RunSummary(L.Callback):
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         # Per-step values ("..._step") are noise at epoch level; their epoch means are kept.
         row.update({
-            k.removesuffix("_epoch"): _to_float(v)
+            k.removesuffix("_epoch"): to_float(v)
             for k, v in trainer.callback_metrics.items()
             if not k.startswith("test/") and not k.endswith("_step")
         })
@@ -74,7 +74,7 @@ class RunSummary(L.Callback):
         return best
 
 
-def _to_float(value) -> float | None:
+def to_float(value) -> float | None:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else None
     return float(value) if isinstance(value, (int, float)) else None
