@@ -12,6 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import segsweep  # noqa: F401  (registers the config resolvers)
+
 # One torch thread per process: the suite runs subprocesses (CLIs, DDP ranks) beside pytest on
 # 2 cores, and oversubscribed threads slowed small convolutions by 10x or more.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

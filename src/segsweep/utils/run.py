@@ -34,17 +34,6 @@ def hydra_context(cfg: DictConfig | None = None) -> dict:
     }
 
 
-def sweep_group() -> str | None:
-    """The W&B group of a multirun's jobs: its sweep dir's date and time (None for single runs)."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return "_".join(Path(HydraConfig.get().sweep.dir).parts[-2:])
-
-
-if not OmegaConf.has_resolver("sweep_group"):
-    OmegaConf.register_new_resolver("sweep_group", sweep_group)
-
-
 def last_checkpoint(output_dir: str | Path) -> str | None:
     """``checkpoints/last.ckpt`` of a job dir, if a previous attempt (a requeue) left one."""
     path = Path(output_dir) / "checkpoints" / "last.ckpt"
