@@ -12,13 +12,8 @@ TILE, OVERLAP, RADIUS = 64, 0.25, 3  # RADIUS: half the receptive field (7) of t
 
 
 @pytest.fixture(autouse=True)
-def seeded_single_thread():
-    # Tiny convs on 2 shared cores: one thread is far faster than two fighting over them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+def seeded():
+    torch.manual_seed(0)  # (one torch thread per test process: conftest.py)
 
 
 @pytest.fixture

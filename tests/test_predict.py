@@ -26,16 +26,6 @@ SMALL = ["model=unet", "+model.decoder_channels=[16,8,8,8,8]"]  # a decoder that
 SIZES = {"wide": (50, 70), "odd": (97, 130)}  # (H, W): no multiple of any output stride
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On 2 shared, busy cores, torch's 2 OpenMP threads wait on each other: a 64 px forward pass
-    # took 1.3 s with 2 threads and 15 ms with 1. Restored for the tests after these.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def composed(tmp_path_factory, name: str, *overrides: str):
     out = tmp_path_factory.mktemp(name)
     try:

@@ -37,13 +37,8 @@ class TinyUNet(nn.Module):
 
 
 @pytest.fixture(autouse=True)
-def seeded_single_thread():
-    # Tiny convs on 2 shared cores: one thread is ~50x faster than two fighting over them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+def seeded():
+    torch.manual_seed(0)  # (one torch thread per test process: conftest.py)
 
 
 @pytest.mark.parametrize("n", [1, 2, 4])
