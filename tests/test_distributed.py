@@ -84,3 +84,19 @@ def test_submitit_local_executor_runs_a_job(tmp_path):
         "trainer=cpu", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     (job,) = [p for p in sweep.iterdir() if (p / "metrics.json").exists()]
     assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_eval_loaders_shard_without_repeats_under_ddp():
+    """Each of 5 images is evaluated by exactly one of 2 ranks (Lightning's default pads to 6)."""
+    import functools
+    from types import SimpleNamespace
+
+    from segsweep.data import SegmentationDataModule, SyntheticShapes
+
+    seen = []
+    for rank in (0, 1):
+        dm = SegmentationDataModule(dataset=functools.partial(SyntheticShapes, image_size=32),
+                                    splits={"train": {"num_images": 4}, "val": {"num_images": 5}})
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        seen += list(dm.val_dataloader().sampler)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
