@@ -31,7 +31,7 @@ def make_cfg(output_dir: str, steps: int, overrides: list[str]):
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("train", return_hydra_config=True, overrides=[
             "trainer=cpu", f"+trainer.max_steps={steps}", "trainer.max_epochs=-1",
-            "trainer.limit_val_batches=0", "test=false", "logger=csv", f"paths.output_dir={output_dir}",
+            "+trainer.limit_val_batches=0", "test=false", "logger=csv", f"paths.output_dir={output_dir}",
             *overrides,
         ])
     HydraConfig.instance().set_config(cfg)
