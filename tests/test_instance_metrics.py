@@ -16,7 +16,7 @@ from segsweep.instance.metrics import (
     object_matches,
     rand_and_voi,
 )
-from segsweep.instance.postprocess import describe, from_labels, paste_masks, split_objects
+from segsweep.instance.postprocess import describe, from_labels, paste_masks, sequential, split_objects
 
 
 def square_pair() -> np.ndarray:
@@ -139,3 +139,24 @@ def test_paste_masks_highest_score_wins():
     winner = out.labels[0, 1]
     assert out.scores[winner - 1] == pytest.approx(0.9) and out.classes[winner - 1] == 2
     assert (out.labels[:, 0] > 0).all() and (out.labels[:, 3] == 0).all()
+
+
+def test_describe_votes_classes_over_each_object():
+    labels = np.zeros((4, 6), np.int64)
+    labels[:, :3], labels[:, 3:] = 1, 2
+    class_probs = np.zeros((2, 4, 6))  # channel k = object class k + 1
+    class_probs[0, :, :3], class_probs[1, :, :3] = 0.8, 0.2
+    class_probs[0, :, 3:], class_probs[1, :, 3:] = 0.3, 0.7
+    foreground = np.where(labels == 1, 0.9, 0.6)
+    out = describe(labels, foreground, class_probs)
+    assert out.classes.tolist() == [1, 2]
+    assert out.scores == pytest.approx([0.9, 0.6])
+
+
+@pytest.mark.parametrize("high", [50, 2**40])  # small ids: lookup table; huge sparse ids: fallback
+def test_sequential_matches_scikit_image(high):
+    from skimage.segmentation import relabel_sequential
+
+    labels = np.random.default_rng(0).integers(0, high, size=(16, 16))
+    labels[:4] = 0
+    np.testing.assert_array_equal(sequential(labels), relabel_sequential(labels)[0])

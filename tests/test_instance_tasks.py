@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import TINY_ENCODER
 
+from segsweep.losses import WeightedSum
 from segsweep.tasks import InstanceSegmentationTask, load_task
 from segsweep.tasks.maskrcnn import build_maskrcnn
 from segsweep.train import build_datamodule, build_task, train
@@ -71,11 +72,39 @@ def test_class_maps_with_several_classes(make_cfg):
     )
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule)
-    assert task.num_outputs == 2 + 4  # foreground + core, then background + 3 shape classes
+    assert task.num_outputs == 2 + 3  # foreground + core, then one map per shape class
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    loss, terms = task.compute_loss(task(batch["image"]), batch)
+    logits = task(batch["image"])
+    loss, terms = task.compute_loss(logits, batch)
     assert set(terms) == {"foreground", "core", "classes"} and loss.requires_grad
+    # The class maps see object pixels only: background pixels carry no class gradient.
+    logits = logits.detach().requires_grad_()
+    task.compute_loss(logits, batch)[1]["classes"].backward()
+    background = (batch["mask"] == 0)[:, None].expand_as(logits[:, 2:])
+    assert logits.grad[:, 2:][background].abs().max() == 0
+    assert logits.grad[:, 2:][~background].abs().max() > 0
+
+
+def test_class_maps_of_a_binary_only_loss_use_ce_dice(make_cfg):
+    cfg = make_cfg(
+        "task=instance", f"encoder={TINY_ENCODER}", "data.dataset.num_classes=3", "loss=bce_dice"
+    )
+    task = build_task(cfg, build_datamodule(cfg))
+    assert isinstance(task.class_criterion, WeightedSum)
+    assert set(task.class_criterion.terms) == {"ce", "dice"}
+
+
+def test_crop_without_objects_gives_a_finite_class_loss(make_cfg):
+    cfg = make_cfg("task=instance", f"encoder={TINY_ENCODER}", "data.dataset.num_classes=3")
+    task = build_task(cfg, build_datamodule(cfg))
+    batch = {
+        "image": torch.rand(2, 3, 32, 32),
+        "mask": torch.zeros(2, 32, 32, dtype=torch.long),
+        "instances": torch.zeros(2, 32, 32, dtype=torch.long),
+    }
+    loss, terms = task.compute_loss(task(batch["image"]), batch)
+    assert torch.isfinite(loss) and terms["classes"] == 0
 
 
 def test_maskrcnn_trains_a_step(make_cfg):

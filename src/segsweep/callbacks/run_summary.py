@@ -8,9 +8,17 @@ import time
 import lightning as L
 import torch
 
+# Instance errors: adapted Rand error and variation of information (segsweep.instance.metrics).
+LOWER_IS_BETTER_METRICS = ("are", "voi")
 
-def _is_lower_better(name: str) -> bool:
-    return "loss" in name or "error" in name or name.startswith("time/")
+
+def is_lower_better(name: str) -> bool:
+    return (
+        "loss" in name
+        or "error" in name
+        or name.startswith("time/")
+        or name.rsplit("/", 1)[-1] in LOWER_IS_BETTER_METRICS
+    )
 
 
 class RunSummary(L.Callback):
@@ -68,7 +76,7 @@ class RunSummary(L.Callback):
             for name, value in row.items():
                 if name in ("epoch", "step") or value is None or math.isnan(value):
                     continue
-                lower = _is_lower_better(name)
+                lower = is_lower_better(name)
                 if name not in best or (value < best[name] if lower else value > best[name]):
                     best[name] = value
         return best

@@ -25,11 +25,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from skimage.metrics import adapted_rand_error, variation_of_information
-from skimage.segmentation import relabel_sequential
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
 
-from segsweep.instance.postprocess import Instances
+from segsweep.instance.postprocess import Instances, sequential
 
 # faster_coco_eval logs its whole 12-line summary at INFO on every compute: keep epochs readable.
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
@@ -37,8 +36,7 @@ logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 def overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairwise intersections ``(n_true, n_pred)`` of two label images (any ids) and the areas."""
-    true = relabel_sequential(np.asarray(true, np.int64))[0]
-    pred = relabel_sequential(np.asarray(pred, np.int64))[0]
+    true, pred = sequential(true), sequential(pred)
     n_t, n_p = int(true.max()), int(pred.max())
     counts = np.bincount((true * (n_p + 1) + pred).ravel(), minlength=(n_t + 1) * (n_p + 1))
     counts = counts.reshape(n_t + 1, n_p + 1)
@@ -47,21 +45,32 @@ def overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Pairwise IoU ``(n_true, n_pred)`` of the objects of two label images."""
-    inter, area_t, area_p = overlaps(true, pred)
-    return inter / np.maximum(area_t[:, None] + area_p[None, :] - inter, 1)
+    return _iou(*overlaps(true, pred))
 
 
 def object_matches(true: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, float]:
     """``(tp, fp, fn, sum of matched IoUs)`` at IoU > 0.5."""
-    iou = iou_matrix(true, pred)
+    return _matches(*overlaps(true, pred))
+
+
+def aggregated_jaccard(true: np.ndarray, pred: np.ndarray) -> float:
+    """AJI of one image (NaN when it has neither true nor predicted objects)."""
+    return _aji(*overlaps(true, pred))
+
+
+# The same three from one ``overlaps`` result: InstanceScores computes it once per image.
+def _iou(inter: np.ndarray, area_t: np.ndarray, area_p: np.ndarray) -> np.ndarray:
+    return inter / np.maximum(area_t[:, None] + area_p[None, :] - inter, 1)
+
+
+def _matches(inter, area_t, area_p) -> tuple[int, int, int, float]:
+    iou = _iou(inter, area_t, area_p)
     matched = iou > 0.5
     tp = int(matched.sum())
     return tp, iou.shape[1] - tp, iou.shape[0] - tp, float(iou[matched].sum())
 
 
-def aggregated_jaccard(true: np.ndarray, pred: np.ndarray) -> float:
-    """AJI of one image (NaN when it has neither true nor predicted objects)."""
-    inter, area_t, area_p = overlaps(true, pred)
+def _aji(inter, area_t, area_p) -> float:
     if not len(area_t):
         return float("nan") if not len(area_p) else 0.0
     if not len(area_p):
@@ -111,12 +120,13 @@ class InstanceScores(Metric):
     def update(self, preds: Sequence[Instances], targets: Sequence[Instances]) -> None:
         for pred, target in zip(preds, targets, strict=True):
             pred, true = _labels(pred), _labels(target)
-            tp, fp, fn, iou_sum = object_matches(true, pred)
+            pairs = overlaps(true, pred)
+            tp, fp, fn, iou_sum = _matches(*pairs)
             self.tp += tp
             self.fp += fp
             self.fn += fn
             self.iou_sum += iou_sum
-            aji = aggregated_jaccard(true, pred)
+            aji = _aji(*pairs)
             if not np.isnan(aji):
                 self.aji_sum += aji
                 self.aji_count += 1

@@ -30,12 +30,27 @@ class Instances(NamedTuple):
     scores: np.ndarray
 
 
+def sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber a label image's ids (any non-negative ints) to 1..n in id order; 0 stays 0.
+
+    A lookup table over ``bincount``: several times faster than scikit-image's
+    ``relabel_sequential`` (a hash-based ``unique``) on the small label images validation makes by
+    the hundred each epoch; huge sparse ids (e.g. COCO ids) fall back to it.
+    """
+    labels = np.asarray(labels, np.int64)
+    if labels.size == 0 or labels.max(initial=0) > 4 * labels.size + 1024:
+        return relabel_sequential(labels)[0].astype(np.int64)
+    present = np.bincount(labels.ravel()) > 0
+    present[0] = False
+    return (np.cumsum(present) * present)[labels]
+
+
 def _sequential(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects under ``min_size`` pixels, renumber the rest 1..n."""
     if min_size > 1 and labels.any():
         sizes = np.bincount(labels.ravel())
         labels = np.where(sizes[labels] < min_size, 0, labels)
-    return relabel_sequential(labels)[0].astype(np.int64)
+    return sequential(labels)
 
 
 def split_objects(
@@ -82,8 +97,9 @@ def describe(
     labels: np.ndarray, foreground: np.ndarray, class_probs: np.ndarray | None = None
 ) -> Instances:
     """Score each object by its mean foreground probability; class by summed class probabilities
-    (classes 1.. of ``class_probs`` ``(C, H, W)``; class 1 for every object when ``None``)."""
-    labels = relabel_sequential(np.asarray(labels, np.int64))[0]
+    (``class_probs`` ``(C, H, W)``: channel ``k`` is object class ``k + 1``; class 1 for every object
+    when ``None``)."""
+    labels = sequential(labels)
     n = int(labels.max())
     index = np.arange(1, n + 1)
     scores = (
@@ -91,10 +107,10 @@ def describe(
         if n
         else np.zeros(0, np.float32)
     )
-    if class_probs is None or class_probs.shape[0] <= 2 or n == 0:
+    if class_probs is None or class_probs.shape[0] < 2 or n == 0:
         classes = np.ones(n, np.int64)
     else:
-        votes = np.stack([ndi.sum(p, labels, index) for p in class_probs[1:]], axis=1)
+        votes = np.stack([ndi.sum(p, labels, index) for p in class_probs], axis=1)
         classes = votes.argmax(1).astype(np.int64) + 1
     return Instances(labels, classes, scores)
 
@@ -104,7 +120,7 @@ def from_labels(
 ) -> Instances:
     """True instances: any ids renumbered 1..n, class = the most frequent ``semantic`` class under
     each object (ignored and background pixels aside; class 1 when ``semantic`` is ``None``)."""
-    labels = relabel_sequential(np.asarray(labels, np.int64))[0]
+    labels = sequential(labels)
     n = int(labels.max())
     classes = np.ones(n, np.int64)
     if semantic is not None and n:
@@ -131,7 +147,7 @@ def paste_masks(
         labels[binary[i]] = rank
     labels_np = labels.numpy()
     kept = np.unique(labels_np[labels_np > 0])
-    new, _, _ = relabel_sequential(labels_np)
+    new = sequential(labels_np)
     source = order.numpy()[kept - 1]  # detection index of each kept id, in id order
     return Instances(
         new.astype(np.int64),

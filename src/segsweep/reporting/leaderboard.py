@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from segsweep.callbacks.run_summary import is_lower_better
 from segsweep.reporting.jobs import Job, SweepInfo, load_jobs, read_sweep_info
 
 # Unranked rows come after the ranked ones in this order.
@@ -27,8 +28,8 @@ def parse_overrides(overrides: list) -> dict[str, object]:
 
 
 def default_mode(metric: str) -> str:
-    """``min`` for losses and errors, else ``max`` (as the RunSummary callback decides)."""
-    return "min" if "loss" in metric or "error" in metric else "max"
+    """``min`` for losses, errors and times, else ``max`` (the RunSummary callback's rule)."""
+    return "min" if is_lower_better(metric) else "max"
 
 
 def collect(sweep_dir: str | Path, metric: str | None = None, mode: str | None = None,

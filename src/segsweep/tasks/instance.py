@@ -2,7 +2,9 @@
 
 The net predicts a foreground map and a map that separates touching objects (``task.encoding``,
 see ``segsweep.instance.encoding``), plus one channel per class when the data has more than one
-object class. Targets are made from ``batch["instances"]`` in the step, on the batch's device.
+object class. The class maps are trained on object pixels only (the foreground map already says
+object or background) with a loss that weighs classes equally; see ``configure_losses``.
+Targets are made from ``batch["instances"]`` in the step, on the batch's device.
 Validation and test split the maps into objects (``segsweep.instance.postprocess``) and score
 them with ``segsweep.instance.metrics``; ``MaskRCNNTask`` (top-down) reuses this evaluation.
 """
@@ -21,7 +23,7 @@ from torch import nn
 from segsweep.instance.encoding import CHANNELS, encode
 from segsweep.instance.metrics import instance_metrics
 from segsweep.instance.postprocess import Instances, describe, from_labels, split_objects
-from segsweep.losses import build_loss
+from segsweep.losses import build_loss, loss_configs
 from segsweep.tasks.base import EVAL_STAGES, SegmentationTask
 
 
@@ -88,19 +90,18 @@ class InstanceSegmentationTask(SegmentationTask):
 
     @property
     def num_outputs(self) -> int:
-        classes = len(self.class_names) if self.num_classes > 1 else 0
-        return len(self.map_names) + classes
+        return len(self.map_names) + (self.num_classes if self.num_classes > 1 else 0)
 
     def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
         if self.num_classes > 1:
-            return logits[:, len(self.map_names) :].argmax(1) * (logits[:, 0] > 0)
+            return (logits[:, len(self.map_names) :].argmax(1) + 1) * (logits[:, 0] > 0)
         return (logits[:, 0] > 0).long()
 
     def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
         foreground = torch.sigmoid(logits[:, :1])
         if self.num_classes > 1:
             classes = logits[:, len(self.map_names) :].softmax(1)
-            return torch.cat([1 - foreground, foreground * classes[:, 1:]], dim=1)
+            return torch.cat([1 - foreground, foreground * classes], dim=1)
         return torch.cat([1 - foreground, foreground], dim=1)
 
     def configure_losses(self) -> None:
@@ -112,9 +113,14 @@ class InstanceSegmentationTask(SegmentationTask):
                 self.class_criterion = build_loss(
                     instantiate(loss), mode="multiclass", ignore_index=ignore
                 )
-            except ValueError as err:  # binary-only loss: the class maps fall back to cross-entropy
-                rank_zero_warn(f"class maps use cross-entropy: {err}")
-                self.class_criterion = nn.CrossEntropyLoss(ignore_index=ignore)
+            except ValueError as err:
+                # A binary-only loss (bce, bce_dice): the class maps use ce_dice, the semantic
+                # task's default. Cross-entropy alone sat at chance (ln C) for 60 epochs on the
+                # synthetic shapes; the Dice term weighs every class equally (docs/benchmarks.md).
+                rank_zero_warn(f"class maps use ce_dice: {err}")
+                self.class_criterion = build_loss(
+                    loss_configs()["ce_dice"], mode="multiclass", ignore_index=ignore
+                )
         weights = {name: 1.0 for name in (*self.map_names, "classes")}
         weights.update(self.hparams.channel_weights or {})
         self.channel_weights = weights
@@ -144,7 +150,13 @@ class InstanceSegmentationTask(SegmentationTask):
             target = targets[:, k].masked_fill(ignored, float(hp.ignore_index))
             terms[name] = self.criterion(logits[:, k : k + 1], target)
         if self.class_criterion is not None:
-            terms["classes"] = self.class_criterion(logits[:, len(self.map_names) :], mask)
+            # Object classes 1..C -> channels 0..C-1; background joins the ignored pixels.
+            classes = torch.where((mask == 0) | ignored, hp.ignore_index, mask - 1)
+            class_logits = logits[:, len(self.map_names) :]
+            if (classes != hp.ignore_index).any():
+                terms["classes"] = self.class_criterion(class_logits, classes)
+            else:  # a crop without objects: nothing to classify (a mean over no pixels is NaN)
+                terms["classes"] = class_logits.sum() * 0.0
         total = sum(self.channel_weights[name] * value for name, value in terms.items())
         return total, terms
 
