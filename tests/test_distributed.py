@@ -59,6 +59,33 @@ def test_ddp_multirun_jobs_are_single_exact_and_repeatable(tmp_path, make_cfg):
         assert single["final"][name] == pytest.approx(first["final"][name], abs=1e-6), name
 
 
+def test_optuna_trials_under_ddp_share_their_sampled_parameters(tmp_path):
+    """Each Optuna trial is one DDP job: both ranks run the parameters the sweeper sampled once,
+    and the sweeper gets rank zero's metric (the leaderboard's best equals the study's best)."""
+    sweep = tmp_path / "sweep"
+    run("segsweep.train", "-m", "trainer=ddp_cpu", *TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params.loss='choice(dice)'", "hydra.sweeper.params.model='choice(unet)'",
+        f"hydra.sweeper.params.encoder='choice({TINY_ENCODER})'",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert len(jobs) == 2 and len([p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 2
+    learning_rates = []
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        sampled = next(o for o in metrics["overrides"] if o.startswith("optimizer.lr="))
+        # The ranks read this one file: the config the sweeper sampled for this trial.
+        rank_config = OmegaConf.load(job / "ddp" / "config.yaml")
+        assert rank_config.optimizer.lr == pytest.approx(float(sampled.split("=", 1)[1]))
+        learning_rates.append(rank_config.optimizer.lr)
+    assert learning_rates[0] != learning_rates[1]
+    best = OmegaConf.load(sweep / "optimization_results.yaml").best_value
+    board = (sweep / "leaderboard.csv").read_text()
+    assert best == pytest.approx(max(json.loads((j / "metrics.json").read_text())["best"]["val/iou"] for j in jobs))
+    assert board.count("completed") == 2
+
+
 def test_slurm_launcher_config_composes(tmp_path):
     from conftest import CONFIG_DIR
     from hydra import compose, initialize_config_dir
