@@ -28,7 +28,7 @@ def parse_overrides(overrides: list) -> dict[str, object]:
 
 
 def default_mode(metric: str) -> str:
-    """``min`` for losses, errors and times, else ``max`` (the RunSummary callback's rule)."""
+    """``min`` for losses, errors (incl. Rand error, VI) and times, else ``max`` (RunSummary's rule)."""
     return "min" if is_lower_better(metric) else "max"
 
 
