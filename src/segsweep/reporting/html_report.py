@@ -15,6 +15,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; white-space: nowrap; }
 th { background: #f0f0f0; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #e6f4e6; font-weight: 600; }
+tr.tied td { background: #f4f9e6; }  /* not distinguishable from the best set-up */
 tr.failed td { background: #fbe9e9; }
 tr.running td, tr.missing td { color: #888; font-style: italic; }
 td.error { white-space: normal; max-width: 40em; }
@@ -26,13 +27,15 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 12px; }
 """
 
 
-def html_table(table: pd.DataFrame, statuses: list[str], numeric: set[str]) -> str:
+def html_table(table: pd.DataFrame, statuses: list[str], numeric: set[str],
+               tied: list[bool] | None = None) -> str:
     """``table`` (already formatted as strings) as an HTML table; each row gets its status as CSS
-    class, the first completed row ``best``."""
+    class, the first completed row ``best``, rows flagged in ``tied`` ``tied``."""
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
     rows, best_seen = [], False
-    for values, status in zip(table.itertuples(index=False), statuses, strict=True):
-        classes = [status]
+    tied = tied or [False] * len(statuses)
+    for values, status, is_tied in zip(table.itertuples(index=False), statuses, tied, strict=True):
+        classes = [status, *(["tied"] if is_tied else [])]
         if status == "completed" and not best_seen:  # rows come ranked: the first one is best
             classes.append("best")
             best_seen = True

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from segsweep.reporting.jobs import Job
 
-BEST_COLOUR, OTHER_COLOUR = "#d62728", "#1f77b4"
+BEST_COLOUR, OTHER_COLOUR, TIED_COLOUR = "#d62728", "#1f77b4", "#ff7f0e"
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -27,31 +27,50 @@ def png_bytes(figure: Figure) -> bytes:
 
 
 def metric_bars(df: pd.DataFrame) -> Figure | None:
-    """Best value of the ranked metric per completed job (None when no job has one).
+    """Best value of the ranked metric per completed job, or, for a set-up table
+    (:func:`~segsweep.reporting.leaderboard.build_setups`), its mean per set-up with the 95% CI as
+    error bars and each replica as a dot (None when nothing is ranked).
 
     With exactly two swept override keys forming a grid (model x loss), a grouped
     chart: x = the first key, one bar colour per value of the second. Otherwise one horizontal bar
-    per job labelled by its swept overrides, best on top.
+    per job (set-up) labelled by its swept overrides, best on top.
     """
     metric, keys = df.attrs["metric"], df.attrs.get("swept_keys", [])
+    setups = bool(df.attrs.get("replica_keys"))
     done = df[df["rank"].notna()]
     if done.empty:
         return None
-    column = f"best {metric}"
+    column = f"mean {metric}" if setups else f"best {metric}"
     if len(keys) == 2 and _is_grid(done, *keys):
         return _grouped_bars(done, column, *keys)
     figure = Figure(figsize=(8, 1.2 + 0.4 * len(done)))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    labels = [_label(row, keys) for _, row in done.iterrows()][::-1]  # barh draws bottom-up
-    values = done[column].astype(float).tolist()[::-1]
-    colours = [OTHER_COLOUR] * (len(values) - 1) + [BEST_COLOUR]
-    bars = ax.barh(labels, values, color=colours)
-    ax.bar_label(bars, fmt="%.4f", padding=2, fontsize=8)
+    done = done.iloc[::-1]  # barh draws bottom-up: best on top
+    labels = [_label(row, keys, numbered=not setups) for _, row in done.iterrows()]
+    values = done[column].astype(float).tolist()
+    colours = [TIED_COLOUR if tied == "yes" else OTHER_COLOUR
+               for tied in done.get("tied with best", [None] * len(done))]
+    colours[-1] = BEST_COLOUR
+    bars = ax.barh(labels, values, color=colours, xerr=_errors(done) if setups else None,
+                   capsize=4, error_kw={"elinewidth": 1.2})
+    if setups:
+        for y, replicas in enumerate(done[f"{metric} per replica"]):
+            ax.plot(replicas, [y] * len(replicas), "o", color="black", markersize=3, zorder=3)
+    ax.bar_label(bars, fmt="%.4f", padding=2, fontsize=8, label_type="center" if setups else "edge")
     ax.set_xlabel(f"{column} ({df.attrs['mode']} is better)")
-    ax.set_title(f"{metric} per job (best in red)")
+    ax.set_title(f"{metric}: mean per set-up, 95% CI, replicas as dots (best in red, tied in orange)"
+                 if setups else f"{metric} per job (best in red)")
     ax.margins(x=0.15)
     return figure
+
+
+def _errors(setups: pd.DataFrame) -> list[list[float]]:
+    """Asymmetric error bar lengths (below, above the mean) of the 95% intervals: NaN, so no bar,
+    for a single replica."""
+    mean = setups[f"mean {setups.attrs['metric']}"].astype(float)
+    low, high = setups["ci95 low"].astype(float), setups["ci95 high"].astype(float)
+    return [(mean - low).tolist(), (high - mean).tolist()]
 
 
 def _grouped_bars(done: pd.DataFrame, column: str, x_key: str, hue_key: str) -> Figure:
@@ -67,7 +86,14 @@ def _grouped_bars(done: pd.DataFrame, column: str, x_key: str, hue_key: str) -> 
         values = [done.loc[(done[x_key] == x) & (done[hue_key] == hue), column] for x in xs]
         heights = [float(v.iloc[0]) if len(v) else float("nan") for v in values]
         positions = [i - 0.4 + width * (h + 0.5) for i in range(len(xs))]
-        bars = ax.bar(positions, heights, width, label=str(hue))
+        errors = None
+        if done.attrs.get("replica_keys"):  # set-ups: each bar's 95% interval
+            rows = [done.loc[v.index[0]] if len(v) else None for v in values]
+            errors = [[float(r[column] - r["ci95 low"]) if r is not None else float("nan")
+                       for r in rows],
+                      [float(r["ci95 high"] - r[column]) if r is not None else float("nan")
+                       for r in rows]]
+        bars = ax.bar(positions, heights, width, label=str(hue), yerr=errors, capsize=3)
         for x, bar in zip(xs, bars, strict=True):
             if (x, hue) == best:
                 bar.set(edgecolor="black", linewidth=2)
@@ -121,11 +147,11 @@ def _is_grid(done: pd.DataFrame, x_key: str, hue_key: str) -> bool:
     return shared and not done.duplicated([x_key, hue_key]).any()
 
 
-def _label(row: pd.Series, keys: list[str]) -> str:
+def _label(row: pd.Series, keys: list[str], numbered: bool = True) -> str:
     """``#<job num> key=value, ...``: the number keeps repeated combinations (Optuna may sample
-    one twice) apart on the categorical axis."""
-    if not keys:
-        return str(row["job"])
+    one twice) apart on the categorical axis; set-ups are distinct already (``numbered=False``)."""
+    if not keys:  # a set-up table without swept keys has one row: the whole sweep
+        return str(row["job"]) if "job" in row else "all jobs"
     values = (f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys)
     pairs = ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-    return f"#{row['job_num']} {pairs}" if pd.notna(row["job_num"]) else pairs
+    return f"#{row['job_num']} {pairs}" if numbered and pd.notna(row["job_num"]) else pairs

@@ -11,13 +11,16 @@ import pandas as pd
 
 from segsweep.reporting.html_report import html_table, render_page
 from segsweep.reporting.jobs import Job, load_jobs, read_sweep_info
-from segsweep.reporting.leaderboard import build_frame
+from segsweep.reporting.leaderboard import build_frame, build_setups
 from segsweep.reporting.plots import learning_curves, metric_bars, png_bytes
+from segsweep.reporting.stats import TIE_ALPHA
 
 ERROR_WIDTH = 80  # the table shows the start of an error; the HTML's failure section all of it
 # Columns the CSV keeps but the tables leave out (paths, duplicates of the job name).
 CSV_ONLY = ("job_num", "run_name", "best_checkpoint")
 DECIMALS = {"wall_time_s": 1, "images_per_second": 1}  # else 4: metrics, the ranked quantity
+# Columns the set-up table leaves out or shows merged (the interval as one "[low, high]" cell).
+SETUP_HIDDEN = ("status", "jobs", "ci95 low", "ci95 high")
 
 
 def display_columns(df: pd.DataFrame) -> list[str]:
@@ -29,27 +32,42 @@ def display_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in hidden and (c == "rank" or df[c].notna().any())]
 
 
+def setup_columns(setups: pd.DataFrame) -> list[str]:
+    """The set-up table's columns: as :func:`display_columns`, the interval as one column."""
+    columns = [c for c in display_columns(setups) if c not in SETUP_HIDDEN]
+    at = columns.index("tied with best") if "tied with best" in columns else len(columns)
+    return [*columns[:at], "95% CI", *columns[at:]]
+
+
 def format_table(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """``df[columns]`` as strings: metrics rounded to 4 decimals, overrides to 4 significant
-    digits (a learning rate of 0.00012 must not show as 0.0001), missing values blank."""
-    overrides = set(df.attrs["override_keys"])
+    """``df[columns]`` as strings: metrics rounded to 4 decimals, overrides and p-values to 4
+    significant digits (a learning rate of 0.00012 must not show as 0.0001), missing values
+    blank; ``95% CI`` is made of ``ci95 low`` and ``ci95 high``."""
+    significant = set(df.attrs["override_keys"]) | {"p vs best"}
     table = pd.DataFrame(index=df.index)
     for column in columns:
-        table[column] = [_fmt(v, column in overrides, DECIMALS.get(column, 4)) for v in df[column]]
+        if column == "95% CI":
+            table[column] = [f"[{_fmt(low)}, {_fmt(high)}]" if pd.notna(low) else ""
+                             for low, high in zip(df["ci95 low"], df["ci95 high"], strict=True)]
+            continue
+        table[column] = [_fmt(v, column in significant, DECIMALS.get(column, 4)) for v in df[column]]
     if "error" in table:
         table["error"] = [_shorten(v) for v in table["error"]]
     return table
 
 
-def summary_lines(df: pd.DataFrame, sweep_dir: Path, code=str) -> list[str]:
-    """The lines above the table: job counts by status, what is ranked, the sweep's overrides.
-    ``code`` marks up names and overrides (backticks in Markdown)."""
-    counts = df["status"].value_counts()
+def summary_lines(df: pd.DataFrame, sweep_dir: Path, code=str,
+                  jobs: pd.DataFrame | None = None) -> list[str]:
+    """The lines above the table: job counts by status (from ``jobs``, default ``df``), what is
+    ranked, the sweep's overrides. ``code`` marks up names and overrides (backticks in
+    Markdown)."""
+    counts = (df if jobs is None else jobs)["status"].value_counts()
     known = [f"{counts.get(s, 0)} {s}" for s in ("completed", "failed", "running")]
     known += [f"{n} {s}" for s, n in counts.items() if s not in ("completed", "failed", "running")]
     metric, mode = df.attrs["metric"], df.attrs["mode"]
-    lines = [f"{len(df)} jobs: {', '.join(known)}. Ranked by best {code(metric)} ({mode} is "
-             "better); the other metric columns are final values."]
+    lines = [f"{counts.sum()} jobs: {', '.join(known)}. Ranked by best {code(metric)} ({mode} is "
+             "better); the other metric columns are final values"
+             f"{' (means over replicas in the set-up table)' if jobs is not None else ''}."]
     if df["rank"].isna().all():
         found = [c for c in df.columns if c.startswith(("val/", "test/")) and df[c].notna().any()]
         hint = f" (metrics found: {', '.join(map(code, found))})" if found else ""
@@ -57,22 +75,39 @@ def summary_lines(df: pd.DataFrame, sweep_dir: Path, code=str) -> list[str]:
     for label in ("swept", "fixed"):
         if df.attrs.get(label):
             lines.append(f"{label.capitalize()}: {' '.join(map(code, df.attrs[label]))}")
+    if df.attrs.get("replica_keys"):
+        keys = " and ".join(map(code, df.attrs["replica_keys"]))
+        lines.append(
+            f"Replicas: jobs differing only in {keys} are one set-up, ranked by the mean of its "
+            f"replicas' best {code(metric)}; sd is the sample one, the 95% CI Student t's with "
+            f"n-1 degrees of freedom. Tied with best: a two-sided Welch's t-test against the best "
+            f"set-up gives p >= {TIE_ALPHA} (untested with 1 replica). Failed, interrupted or "
+            "pruned replicas are not counted (column excluded).")
     if "optuna_best" in df and df.attrs.get("optuna_value") is not None:
         lines.append(f"Optuna best value: {_fmt(df.attrs['optuna_value'])} (column optuna_best).")
     lines.append(f"Sweep dir: {code(str(sweep_dir))}")
     return lines
 
 
-def to_markdown(df: pd.DataFrame, sweep_dir: Path) -> str:
-    """The Markdown leaderboard: a title, the summary lines, and the table."""
-    columns = display_columns(df)
+def markdown_table(df: pd.DataFrame, columns: list[str]) -> str:
+    """``df[columns]`` formatted as a Markdown table, numbers right-aligned."""
     table = format_table(df, columns)
     if "error" in table:  # a pipe would end the cell
         table["error"] = table["error"].str.replace("|", r"\|")
-    numeric = [_is_number(df[c]) for c in columns]
-    body = table[columns].to_markdown(index=False, disable_numparse=True,  # keep our rounding
+    numeric = [c == "95% CI" or _is_number(df[c]) for c in columns]
+    return table[columns].to_markdown(index=False, disable_numparse=True,  # keep our rounding
                                       colalign=["right" if n else "left" for n in numeric])
-    lines = summary_lines(df, sweep_dir, code=lambda text: f"`{text}`")
+
+
+def to_markdown(df: pd.DataFrame, sweep_dir: Path, setups: pd.DataFrame | None = None) -> str:
+    """The Markdown leaderboard: a title, the summary lines, and the table; with replicas, the
+    set-up table first, then the jobs."""
+    body = markdown_table(df, display_columns(df))
+    if setups is not None:
+        body = (f"## Set-ups (mean over replicas)\n\n{markdown_table(setups, setup_columns(setups))}"
+                f"\n\n## Jobs\n\n{body}")
+    lines = summary_lines(setups if setups is not None else df, sweep_dir,
+                          code=lambda text: f"`{text}`", jobs=df)
     bullets = "".join(f"- {line}\n" for line in lines[1:])
     return f"# Sweep leaderboard\n\n{lines[0]}\n\n{bullets}\n{body}\n"
 
@@ -83,7 +118,10 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     """Write ``leaderboard.csv``, ``leaderboard.md``, ``report.html`` and the plots
     (``bar_<metric>.png``, ``curves_<metric>.png``, when there is something to plot) into
     ``out_dir`` (default: the sweep dir). ``finished`` marks job dirs without metrics.json as
-    ``missing`` rather than ``running``. Returns the written paths by kind.
+    ``missing`` rather than ``running``. With replicas (jobs differing only in ``seed`` or
+    ``data.fold``), ``leaderboard.csv`` ranks set-ups (see
+    :func:`segsweep.reporting.leaderboard.build_setups`) and ``leaderboard_jobs.csv`` (kind
+    ``jobs_csv``) holds every job. Returns the written paths by kind.
 
     Raises FileNotFoundError if the sweep dir does not exist or holds no job dirs.
     """
@@ -93,14 +131,25 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     df = build_frame(jobs, metric, mode, read_sweep_info(sweep_dir))
     metric, stem = df.attrs["metric"], df.attrs["metric"].replace("/", "_")
+    setups = build_setups(df)
     paths = {"csv": out / "leaderboard.csv", "markdown": out / "leaderboard.md",
              "html": out / "report.html"}
-    _write(paths["csv"], df.to_csv(index=False).encode())
-    _write(paths["markdown"], to_markdown(df, sweep_dir).encode())
+    if setups is None:
+        _write(paths["csv"], df.to_csv(index=False).encode())
+    else:  # the set-ups are the leaderboard; every job stays in a CSV of its own
+        paths["jobs_csv"] = out / "leaderboard_jobs.csv"
+        _write(paths["jobs_csv"], df.to_csv(index=False).encode())
+        per_replica = f"{metric} per replica"
+        csv = setups.assign(**{per_replica: setups[per_replica].map(
+            lambda values: ";".join(f"{v:.6g}" for v in values) if isinstance(values, tuple) else "")})
+        _write(paths["csv"], csv.to_csv(index=False).encode())
+    _write(paths["markdown"], to_markdown(df, sweep_dir, setups).encode())
 
-    best = df["job"].iloc[0] if df["rank"].notna().any() else None
+    best = _best_job(df, setups)
     figures = []
-    plots = {"bar": (metric_bars(df), f"bar_{stem}.png", f"Best {metric} per job"),
+    bars = (f"Mean {metric} per set-up: 95% CI as error bars, replicas as dots"
+            if setups is not None else f"Best {metric} per job")
+    plots = {"bar": (metric_bars(setups if setups is not None else df), f"bar_{stem}.png", bars),
              "curves": (learning_curves(jobs, metric, best), f"curves_{stem}.png",
                         f"{metric} per epoch, one line per job")}
     for kind, (figure, name, caption) in plots.items():
@@ -109,7 +158,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             paths[kind] = out / name
             _write(paths[kind], png)
             figures.append((caption, png, "plot"))
-    prediction = _best_prediction(df, jobs)
+    prediction = _best_prediction(df, jobs, best)
     if prediction is not None:
         caption = (f"Validation predictions of {prediction.parent.parent.name} "
                    f"({prediction.stem}): image | prediction | target")
@@ -117,18 +166,34 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     columns = display_columns(df)
     table = html_table(format_table(df, columns), df["status"].tolist(),
                        {c for c in columns if _is_number(df[c])})
+    if setups is not None:
+        columns = setup_columns(setups)
+        table = (html_table(format_table(setups, columns), setups["status"].tolist(),
+                            {c for c in columns if c == "95% CI" or _is_number(setups[c])},
+                            tied=setups["tied with best"].eq("yes").tolist())
+                 + f"<h2>Jobs</h2>{table}")
     failures = [(j.name, str(j.data.get("error") or ""), str(j.data.get("traceback") or ""))
                 for j in jobs if j.status == "failed"]
-    page = render_page(f"Sweep report: {sweep_dir.name}", summary_lines(df, sweep_dir), table,
-                       figures, failures)
+    lines = summary_lines(df if setups is None else setups, sweep_dir, jobs=df)
+    page = render_page(f"Sweep report: {sweep_dir.name}", lines, table, figures, failures)
     _write(paths["html"], page.encode())
     return paths
 
 
-def _best_prediction(df: pd.DataFrame, jobs: list[Job]) -> Path | None:
-    """The latest predictions/epoch_XXX.png of the best-ranked job that has one."""
+def _best_job(df: pd.DataFrame, setups: pd.DataFrame | None) -> str | None:
+    """The best-ranked job; with replicas, the best replica of the best set-up."""
+    if setups is not None and setups["rank"].notna().any():
+        replicas = set(setups.loc[0, "jobs"].split())
+        return next(job for job in df.loc[df["rank"].notna(), "job"] if job in replicas)
+    return df["job"].iloc[0] if df["rank"].notna().any() else None
+
+
+def _best_prediction(df: pd.DataFrame, jobs: list[Job], best: str | None) -> Path | None:
+    """The latest predictions/epoch_XXX.png of the ``best`` job, else of the best-ranked job that
+    has one."""
     dirs = {job.name: job.dir for job in jobs}
-    for name in df.loc[df["rank"].notna(), "job"]:
+    ranked = df.loc[df["rank"].notna(), "job"].tolist()
+    for name in ([best] if best else []) + ranked:
         pngs = sorted((dirs[name] / "predictions").glob("epoch_*.png"))
         if pngs:
             return pngs[-1]
@@ -148,6 +213,8 @@ def _fmt(value, significant: bool = False, decimals: int = 4) -> str:
         return f"{int(value):,}" if abs(value) >= 10_000 else str(int(value))
     if isinstance(value, float):
         return f"{value:.4g}" if significant else f"{value:.{decimals}f}"
+    if isinstance(value, tuple):  # per-replica values
+        return ", ".join(_fmt(v, significant, decimals) for v in value)
     return str(value)
 
 
