@@ -7,7 +7,9 @@ wants ``n`` local processes writes its fully resolved config to ``<job dir>/ddp/
 starts ``n`` workers (``python -m segsweep.launch <config>``) with ``LOCAL_RANK``/``WORLD_SIZE``/
 ``MASTER_PORT`` set. Lightning sees ``LOCAL_RANK`` and treats the processes as launched for it.
 The job dir, metrics.json and W&B run (rank zero) belong to that one job; the Hydra job waits for
-its ranks and returns rank zero's metric to the sweeper. Cluster launchers (SLURM via submitit)
+its ranks and returns rank zero's metric to the sweeper. When a rank fails it writes its error
+and traceback to ``ddp/rank<k>.error.json``; the launcher stops the other ranks (which would
+otherwise wait for it in a collective) and raises that first error. Cluster launchers (SLURM via submitit)
 start their own tasks, one per rank; then nothing is launched here.
 """
 
@@ -19,13 +21,18 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from segsweep.utils.errors import RankFailed, describe_error
 from segsweep.utils.run import METRICS_FILE, hydra_context, run_job
+
+FAILURE_GRACE_S = 10.0  # how long the other ranks may take to end after one failed
 
 
 def local_process_count(trainer_cfg: DictConfig) -> int:
@@ -63,6 +70,8 @@ def launch(cfg: DictConfig, job: str) -> dict:
     config["launch_job"] = job
     config_path = output_dir / "ddp" / "config.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in config_path.parent.glob("rank*.error.json"):  # from an earlier attempt of this job
+        stale.unlink()
     OmegaConf.save(OmegaConf.create(config), config_path)
 
     n = local_process_count(cfg.trainer)
@@ -76,23 +85,57 @@ def launch(cfg: DictConfig, job: str) -> dict:
             [sys.executable, "-m", "segsweep.launch", str(config_path)],
             env={**env, "LOCAL_RANK": str(rank), "RANK": str(rank)}, stdout=out, stderr=out,
         ))
-    codes = [process.wait() for process in ranks]
+    codes = wait_for_ranks(ranks)
+    failure = first_rank_failure(config_path.parent)
+    if failure:
+        raise RankFailed(failure["rank"], failure["error"], failure["traceback"])
     metrics_path = output_dir / METRICS_FILE
     if any(codes) or not metrics_path.is_file():
         raise RuntimeError(
             f"DDP ranks exited with codes {codes}; see {config_path.parent}/rank*.log and the output above"
         )
-    result = json.loads(metrics_path.read_text())
-    if result.get("status") == "failed":
-        raise RuntimeError(f"DDP job failed: {result.get('error')}")
-    return result
+    return json.loads(metrics_path.read_text())
+
+
+def wait_for_ranks(ranks: list[subprocess.Popen], grace_s: float = FAILURE_GRACE_S) -> list[int]:
+    """Exit codes of the ranks. Once one fails the others may wait for it in a collective until the
+    backend's timeout (30 minutes): they get ``grace_s`` to end on their own, then are stopped."""
+    failed_at = None
+    while any(process.poll() is None for process in ranks):
+        if failed_at is None and any(process.poll() for process in ranks):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for process in ranks:
+                if process.poll() is None:
+                    process.kill()
+        time.sleep(0.2)
+    return [process.returncode for process in ranks]
+
+
+def rank_error_path(ddp_dir: Path, rank: int) -> Path:
+    return ddp_dir / f"rank{rank}.error.json"
+
+
+def first_rank_failure(ddp_dir: Path) -> dict | None:
+    """The error a rank recorded first: the cause (ranks failing after it lost their peer)."""
+    failures = [json.loads(path.read_text()) for path in sorted(ddp_dir.glob("rank*.error.json"))]
+    return min(failures, key=lambda failure: failure["time"]) if failures else None
 
 
 def worker(config_path: str) -> None:
-    """One rank: run the saved job on the saved, resolved config."""
+    """One rank: run the saved job on the saved, resolved config; a failure is written to
+    ``ddp/rank<k>.error.json`` for the launcher, and the rank exits with code 1."""
     cfg = OmegaConf.load(config_path)
     module, function = cfg.launch_job.split(":")
-    run_job(getattr(importlib.import_module(module), function), cfg)
+    try:
+        result = run_job(getattr(importlib.import_module(module), function), cfg)
+    except Exception as err:  # a single run re-raises; a multirun returns a failed payload
+        result = {"status": "failed", "error": describe_error(err), "traceback": traceback.format_exc()}
+    if result.get("status") == "failed":
+        rank = int(os.environ.get("RANK", 0))
+        failure = {"rank": rank, "time": time.time(), "error": result["error"], "traceback": result["traceback"]}
+        rank_error_path(Path(config_path).parent, rank).write_text(json.dumps(failure, indent=2))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 This is the prediction format both families share (bottom-up maps through marker-controlled
 watershed, Mask R-CNN masks pasted by score), so metrics, overlays and reports treat them alike:
 ``Instances(labels, classes, scores)`` with ids ``1..n`` in ``labels`` and entry ``i - 1`` of
-``classes`` / ``scores`` describing id ``i``.
+``classes`` / ``scores`` describing id ``i``. Mask R-CNN adds ``detections``: all its scored,
+possibly overlapping masks, which mask AP ranks (the label image keeps those above the display
+threshold).
 
 Runs on CPU in numpy/scipy/scikit-image: one watershed of a 128 x 128 image takes about a
 millisecond, far below the network's forward pass.
@@ -23,11 +25,14 @@ METHODS = ("watershed", "components")
 
 class Instances(NamedTuple):
     """One image's instances: ``labels`` (H, W) int64, ids 1..n; ``classes`` (n,) int64;
-    ``scores`` (n,) float32 in [0, 1]."""
+    ``scores`` (n,) float32 in [0, 1]; ``detections``: ``None``, or ``(masks (m, H, W) bool,
+    classes (m,), scores (m,))`` of every detection when they may overlap (Mask R-CNN), scored
+    by mask AP in place of the label image's objects."""
 
     labels: np.ndarray
     classes: np.ndarray
     scores: np.ndarray
+    detections: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def sequential(labels: np.ndarray) -> np.ndarray:
@@ -134,23 +139,34 @@ def from_labels(
 
 
 def paste_masks(
-    masks: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, mask_threshold: float = 0.5
+    masks: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    mask_threshold: float = 0.5,
+    score_threshold: float = 0.5,
 ) -> Instances:
-    """Mask R-CNN output -> ``Instances``: ``masks`` (n, 1, H, W) probabilities pasted in
-    ascending score order, so the higher score wins where detections overlap; detections left
-    with no pixel are dropped."""
+    """Mask R-CNN output -> ``Instances``.
+
+    ``masks`` (n, 1, H, W) probabilities, binarised at ``mask_threshold``. The label image holds
+    the detections scoring at least ``score_threshold`` (the display threshold of overlays and
+    predictions), pasted in ascending score order so the higher score wins where they overlap;
+    detections left with no pixel are dropped. ``detections`` keeps every detection, whatever its
+    score, for mask AP (COCO ranks all of them).
+    """
     height, width = masks.shape[-2:]
-    labels = torch.zeros((height, width), dtype=torch.int64)
-    order = torch.argsort(scores.cpu())
     binary = masks.detach().cpu()[:, 0] > mask_threshold
+    scores, classes = scores.detach().cpu(), classes.detach().cpu()
+    labels = torch.zeros((height, width), dtype=torch.int64)
+    order = torch.argsort(scores)
+    order = order[scores[order] >= score_threshold]
     for rank, i in enumerate(order.tolist(), start=1):
         labels[binary[i]] = rank
     labels_np = labels.numpy()
     kept = np.unique(labels_np[labels_np > 0])
-    new = sequential(labels_np)
     source = order.numpy()[kept - 1]  # detection index of each kept id, in id order
     return Instances(
-        new.astype(np.int64),
-        classes.detach().cpu().numpy()[source].astype(np.int64),
-        scores.detach().cpu().numpy()[source].astype(np.float32),
+        sequential(labels_np),
+        classes.numpy()[source].astype(np.int64),
+        scores.numpy()[source].astype(np.float32),
+        (binary.numpy(), classes.numpy().astype(np.int64), scores.numpy().astype(np.float32)),
     )
