@@ -117,14 +117,23 @@ class Search:
         pruned_at = self.study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_ATTR)
         if error is not None:
             trial.set_user_attr(ERROR_ATTR, error)
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.record(trial, state=TrialState.FAIL)
             log.warning("Trial %d failed, the search goes on: %s", trial.number, error)
         elif pruned_at is not None:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self.record(trial, state=TrialState.PRUNED)
             log.info("Trial %d pruned after epoch %s", trial.number, pruned_at)
         else:
-            self.study.tell(trial, value)
+            self.record(trial, value)
             log.info("Trial %d finished: %s", trial.number, value)
+
+    def record(self, trial: Trial, value: float | None = None, state: TrialState | None = None) -> None:
+        try:
+            self.study.tell(trial, value, state=state)
+        except RuntimeError as err:
+            # GridSampler calls study.stop() after its last point, which Optuna only allows inside
+            # study.optimize; the trial is stored all the same (and n_trials is the grid's size).
+            if "Study.stop" not in str(err):
+                raise
 
     def write_results(self) -> None:
         """``optimization_results.yaml`` as the official plugin writes it (segsweep-report reads

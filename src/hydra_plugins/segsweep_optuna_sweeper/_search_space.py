@@ -32,12 +32,9 @@ def distribution_from_override(override: Override) -> BaseDistribution | str:
         if all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
             return IntDistribution(int(low), int(high), step=abs(int(sweep.step)))
         return FloatDistribution(float(low), float(high), step=abs(float(sweep.step)))
-    if override.is_interval_sweep():
+    if override.is_interval_sweep():  # Hydra parses interval bounds as floats: range() for ints
         sweep = override.value()
-        log = "log" in sweep.tags
-        if isinstance(sweep.start, int) and isinstance(sweep.end, int):
-            return IntDistribution(sweep.start, sweep.end, log=log)
-        return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
+        return FloatDistribution(float(sweep.start), float(sweep.end), log="log" in sweep.tags)
     raise ValueError(f"hydra.sweeper.params.{name}: {override.input_line} is not supported "
                      "(use choice(...), range(...), interval(...) or tag(log, interval(...)))")
 

@@ -1,0 +1,189 @@
+"""Optuna searches (``hparams_search=optuna``, our sweeper in src/hydra_plugins): the search space
+syntax, failed and diverged trials, pruning, resume after a kill, parallel trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import FAST, TINY_ENCODER
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
+
+from hydra_plugins.segsweep_optuna_sweeper._search import consecutive_blocks
+from hydra_plugins.segsweep_optuna_sweeper._search_space import grid_values, parse_search_space
+from segsweep.callbacks import DivergedError
+from segsweep.train import train
+from segsweep.utils.run import run_job
+
+# The search's own settings: tiny runs, no image logger, the study in the sweep dir's journal.
+SEARCH = ["hparams_search=optuna", *FAST, "data.splits.val.num_images=2", "hydra.sweeper.params=null"]
+
+
+def search_command(sweep, *args):
+    return [sys.executable, "-m", "segsweep.train", "-m", *SEARCH, *args, f"hydra.sweep.dir={sweep}"]
+
+
+def search(tmp_path, *args, sweep=None):
+    sweep = sweep or tmp_path / "sweep"
+    done = subprocess.run(search_command(sweep, *args), cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return sweep
+
+
+def load_study(sweep):
+    storage = JournalStorage(JournalFileBackend(str(sweep / "optuna_journal.log")))
+    return optuna.load_study(study_name="segsweep", storage=storage)
+
+
+def completed_trials(sweep) -> int:
+    """How many trials the study has completed (0 until the search has created it)."""
+    try:
+        return len(load_study(sweep).get_trials(states=(TrialState.COMPLETE,)))
+    except (KeyError, FileNotFoundError):
+        return 0
+
+
+def job_dirs(sweep):
+    """The job dirs ``<job number>_<run name>``, by job number."""
+    dirs = (p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    return sorted(dirs, key=lambda p: int(p.name.split("_")[0]))
+
+
+def metrics(job_dir):
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def test_search_space_syntax_maps_to_optuna_distributions():
+    space, fixed = parse_search_space([
+        "optimizer.lr=tag(log, interval(0.0001, 0.01))", "loss=choice(dice, jaccard)", "model=unet,fpn",
+        "data.batch_size=range(4, 17, 4)", "trainer.max_epochs=interval(1, 5)", "seed=range(0, 1, 0.25)",
+        "augment.crop_size=64", "+model.encoder_depth=5",
+    ])
+    assert space == {
+        "optimizer.lr": FloatDistribution(0.0001, 0.01, log=True),
+        "loss": CategoricalDistribution(["dice", "jaccard"]),
+        "model": CategoricalDistribution(["unet", "fpn"]),
+        "data.batch_size": IntDistribution(4, 16, step=4),  # 4, 8, 12, 16: range's stop is excluded
+        "trainer.max_epochs": FloatDistribution(1.0, 5.0),  # Hydra: intervals are floats
+        "seed": FloatDistribution(0.0, 0.75, step=0.25),
+    }
+    assert fixed == {"augment.crop_size": "64", "+model.encoder_depth": "5"}
+    assert grid_values("data.batch_size", space["data.batch_size"]) == [4, 8, 12, 16]
+    # The command line comes after hydra.sweeper.params and wins.
+    assert parse_search_space(["loss=choice(dice, jaccard)", "loss=dice"]) == ({}, {"loss": "dice"})
+    with pytest.raises(ValueError, match="optimizer.lr: the grid sampler needs"):
+        grid_values("optimizer.lr", space["optimizer.lr"])
+
+
+def test_trials_launch_in_runs_of_consecutive_numbers():
+    trials = [type("T", (), {"number": n})() for n in (8, 3, 4, 9, 7)]
+    assert [[t.number for t in block] for block in consecutive_blocks(trials)] == [[3, 4], [7, 8, 9]]
+
+
+def test_a_run_whose_loss_goes_nan_fails_at_once_with_the_epoch(make_cfg, tmp_path):
+    cfg = make_cfg("optimizer.lr=1e30", "trainer.max_epochs=3")
+    with pytest.raises(DivergedError, match=r"^diverged at epoch 0 \(step \d\): training loss is nan"):
+        run_job(train, cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["status"] == "failed" and "diverged at epoch 0" in record["error"]
+
+
+def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    # Grid over 2 x 2: one good trial, one whose loss goes NaN (lr 1e30), two with an encoder smp
+    # does not have (the model fails to build inside the job).
+    sweep = search(tmp_path, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10", "model=unet",
+                   f"encoder={TINY_ENCODER}", "optimizer.lr=0.003,1e30", f"encoder.name={TINY_ENCODER},no_such_encoder")
+    trials = load_study(sweep).get_trials()
+    assert len(trials) == 4  # the grid's size, not n_trials
+    states = {(t.params["optimizer.lr"], t.params["encoder.name"]): t.state for t in trials}
+    assert states[(0.003, TINY_ENCODER)] == TrialState.COMPLETE
+    assert [s for key, s in states.items() if key != (0.003, TINY_ENCODER)] == [TrialState.FAIL] * 3
+    errors = {(t.params["optimizer.lr"], t.params["encoder.name"]): t.user_attrs.get("error") for t in trials}
+    assert errors[(1e30, TINY_ENCODER)].startswith("DivergedError: diverged at epoch 0")
+    assert "no_such_encoder" in errors[(0.003, "no_such_encoder")]
+    assert [metrics(d)["status"] for d in job_dirs(sweep)].count("failed") == 3
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert sorted(board["status"]) == ["completed", "failed", "failed", "failed"]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["trials"]["fail"] == 3 and results["best_value"] == pytest.approx(board["best val/iou"].max())
+
+
+def test_median_pruner_stops_trials_of_a_bad_region_early(tmp_path):
+    """lr=10 does not give NaN (BatchNorm) but a validation loss of ~1e14 after one epoch: once a
+    good trial completed, the median pruner stops such trials after their first epoch."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    # The study exists before the search (as a user warm-starting it would make it): the good
+    # trial runs first, so what the pruner compares with does not hang on the sampler's luck.
+    study = optuna.create_study(study_name="segsweep", direction="minimize",
+                                storage=JournalStorage(JournalFileBackend(str(sweep / "optuna_journal.log"))))
+    study.enqueue_trial({"optimizer.lr": 0.003})
+    study.enqueue_trial({"optimizer.lr": 10})
+    search(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+           "hydra.sweeper.n_trials=2", "optimizer.lr=0.003,10", "trainer.max_epochs=3",
+           "optimized_metric=val/loss", "monitor_mode=min", sweep=sweep)
+    good, bad = load_study(sweep).get_trials()
+    assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [0, 1, 2]
+    assert bad.state == TrialState.PRUNED and sorted(bad.intermediate_values) == [0]
+    assert bad.intermediate_values[0] > good.intermediate_values[0]
+    good_run, bad_run = (metrics(d) for d in job_dirs(sweep))
+    assert good_run["status"] == "completed" and good_run["epochs"] == 3
+    assert bad_run["status"] == "pruned" and bad_run["pruned_at_epoch"] == 0 and bad_run["epochs"] == 1
+    assert len(bad_run["history"]) == 1 and "test/loss" not in bad_run["final"]  # not tested
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert list(board["status"]) == ["completed", "pruned"]
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == pytest.approx(
+        board["best val/loss"].iloc[0])
+
+
+def test_a_killed_search_resumes_to_exactly_n_trials(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["hydra.sweeper.n_trials=4", "optimizer.lr=interval(0.001, 0.01)", "hydra.sweeper.sampler.seed=3"]
+    first = subprocess.Popen(search_command(sweep, *args), cwd=tmp_path, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            if completed_trials(sweep) >= 2:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, "the search ended before it could be killed"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the search and every process it started
+        first.wait()
+    assert completed_trials(sweep) == 2
+
+    search(tmp_path, *args, sweep=sweep)
+    trials = load_study(sweep).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
+    dirs = job_dirs(sweep)
+    assert [int(d.name.split("_")[0]) for d in dirs] == [0, 1, 2, 3]
+    for trial, job_dir in zip(trials, dirs, strict=True):
+        assert metrics(job_dir)["status"] == "completed"
+        assert f"optimizer.lr={trial.params['optimizer.lr']}" in metrics(job_dir)["overrides"]
+
+
+def test_parallel_trials_report_to_the_study_and_the_best_matches_the_leaderboard(tmp_path):
+    sweep = search(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+                   "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.001, 0.01)", "trainer.max_epochs=2")
+    trials = load_study(sweep).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    # Each job (its own joblib worker process) reported every epoch to its own trial.
+    for trial, job_dir in zip(trials, job_dirs(sweep), strict=True):
+        history = metrics(job_dir)["history"]
+        assert trial.intermediate_values == {row["epoch"]: pytest.approx(row["val/iou"]) for row in history}
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(board["best val/iou"].iloc[0])
+    assert results["best_value"] == pytest.approx(max(t.value for t in trials))
