@@ -1,4 +1,6 @@
+from segsweep.callbacks.divergence import DivergedError, DivergenceStop
 from segsweep.callbacks.image_logger import PredictionImageLogger
+from segsweep.callbacks.pruning import OptunaPruning
 from segsweep.callbacks.run_summary import RunSummary
 
-__all__ = ["PredictionImageLogger", "RunSummary"]
+__all__ = ["DivergedError", "DivergenceStop", "OptunaPruning", "PredictionImageLogger", "RunSummary"]
