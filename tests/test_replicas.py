@@ -7,13 +7,18 @@ import math
 
 import pandas as pd
 import pytest
+from conftest import CONFIG_DIR, TINY_ENCODER
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from matplotlib.container import ErrorbarContainer
+from omegaconf import OmegaConf
 from test_reporting import completed, write_job
 
+from segsweep.replicas import setup_key
 from segsweep.reporting import collect, write_report
 from segsweep.reporting.leaderboard import build_setups
 from segsweep.reporting.plots import metric_bars
-from segsweep.reporting.stats import replica_stats, setup_key, welch_p_value
+from segsweep.reporting.stats import replica_stats, welch_p_value
 
 T_975_2DOF = 4.302652729749462  # Student t's 97.5% quantile for 2 degrees of freedom (tables)
 # model -> best val/iou of seeds 1, 2, 3 (None: no job); val/loss of each job = 1 - val/iou.
@@ -159,10 +164,47 @@ def test_report_shows_setup_table_error_bars_and_job_table(replicas):
     assert dots == pytest.approx(sorted(v for vs in VALUES.values() for v in vs if v is not None))
 
 
-def test_setup_key_drops_replica_keys_and_fits_wandb():
+def test_setup_key_drops_replica_keys():
     assert setup_key(["model=unet", "seed=3", "+data.fold=1", "loss=dice"]) == "model=unet,loss=dice"
     assert setup_key(["seed=1"]) == "default"
-    long_a = [f"model.decoder_channels=[{'256,' * 20}16]", "seed=1"]
-    long_b = [f"model.decoder_channels=[{'256,' * 20}32]", "seed=2"]
-    assert len(setup_key(long_a)) == 64 and setup_key(long_a) != setup_key(long_b)
-    assert setup_key(long_a) == setup_key([long_a[0], "seed=9"])
+
+
+def test_wandb_replicas_share_the_setup_in_their_config(make_cfg, monkeypatch):
+    from hydra.utils import instantiate
+
+    from segsweep.resolvers import register
+
+    register()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def setup_of(*overrides):
+        cfg = make_cfg("logger=wandb", "model=unet", f"encoder={TINY_ENCODER}", *overrides)
+        return instantiate(cfg.logger.wandb)._wandb_init["config"]["setup"]
+
+    first = setup_of("seed=1", "+data.fold=0")
+    assert "model=unet" in first and "seed=" not in first and "data.fold" not in first
+    assert setup_of("seed=2", "+data.fold=1") == first
+    assert setup_of("seed=1", "+data.fold=0", "loss=dice") != first
+
+
+def test_sweep_repeats_preset_expands_to_seeds():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from segsweep.resolvers import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("train", overrides=["sweep=repeats", "sweep.repeats=4"], return_hydra_config=True)
+        with pytest.raises(ValueError, match="sweep.repeats=0"):
+            bad = compose("train", overrides=["sweep=repeats", "sweep.repeats=0"],
+                          return_hydra_config=True)
+            OmegaConf.to_container(bad.hydra.sweeper.params, resolve=True)
+    GlobalHydra.instance().clear()
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    assert params == {"seed": "1,2,3,4"}
+    # Expanded as Hydra's basic sweeper does, with a model sweep from the command line: 2 x 4 jobs.
+    parsed = OverridesParser.create().parse_overrides(["seed=1,2,3,4", "model=unet,fpn"])
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    assert len(jobs) == 8 and {j[0] for j in jobs} == {f"seed={s}" for s in (1, 2, 3, 4)}

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from segsweep.callbacks.run_summary import is_lower_better
+from segsweep.replicas import is_replica_key
 from segsweep.reporting.jobs import Job, SweepInfo, load_jobs, read_sweep_info
-from segsweep.reporting.stats import is_replica_key, replica_stats, tie_label, welch_p_value
+from segsweep.reporting.stats import replica_stats, tie_label, welch_p_value
 
 # Unranked rows come after the ranked ones in this order.
 STATUS_ORDER = {"completed": 0, "failed": 1, "pruned": 2, "interrupted": 3, "running": 4,

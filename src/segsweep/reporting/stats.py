@@ -1,8 +1,8 @@
 """Replicas of one set-up and what they say: mean, spread, a confidence interval, and whether a
 set-up is distinguishable from the best one.
 
-A *set-up* is a job's overrides without its replica keys (``seed``, ``data.fold``): the jobs of
-``segsweep-train -m model=unet,fpn seed=1,2,3`` form two set-ups of three replicas each.
+A *set-up* is a job's overrides without its replica keys (see :mod:`segsweep.replicas`): the jobs
+of ``segsweep-train -m model=unet,fpn seed=1,2,3`` form two set-ups of three replicas each.
 
 The statistics, and why these:
 
@@ -21,37 +21,12 @@ The statistics, and why these:
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-REPLICA_KEYS = ("seed", "data.fold")
 CONFIDENCE = 0.95
 TIE_ALPHA = 0.05  # two-sided Welch's t-test: p >= TIE_ALPHA -> tied with the best
-WANDB_JOB_TYPE_LIMIT = 64  # W&B rejects longer job_types when syncing (wandb/wandb#6402)
-
-
-def override_key(override: str) -> str:
-    """``+data.fold=1`` -> ``data.fold``."""
-    return str(override).partition("=")[0].lstrip("+~")
-
-
-def is_replica_key(key: str) -> bool:
-    return key.lstrip("+~") in REPLICA_KEYS
-
-
-def setup_key(overrides: Iterable[str]) -> str:
-    """A set-up's name, shared by its replicas: the overrides without replica keys, joined by
-    commas (``default`` when none), at most 64 characters so that W&B accepts it as a
-    ``job_type``; a longer key keeps its start and ends in a hash of the whole, so that two
-    set-ups never share a shortened name."""
-    kept = [str(o) for o in overrides if not is_replica_key(override_key(o))]
-    key = ",".join(kept) or "default"
-    if len(key) <= WANDB_JOB_TYPE_LIMIT:
-        return key
-    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    return f"{key[:WANDB_JOB_TYPE_LIMIT - len(digest) - 1]}~{digest}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +43,7 @@ class ReplicaStats:
 
 def replica_stats(values: Sequence[float]) -> ReplicaStats:
     """Statistics of one set-up's replica values (NaN values are the caller's to drop)."""
-    from scipy import stats  # here, not at import: resolvers import this module in every job
+    from scipy import stats  # here: a report without replicas never needs scipy
 
     n = len(values)
     if n == 0:
