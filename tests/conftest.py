@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-import segsweep  # noqa: F401  (registers the config resolvers)
+from segsweep.resolvers import register as register_resolvers
 
 # One torch thread per process: the suite runs subprocesses (CLIs, DDP ranks) beside pytest on
 # 2 cores, and oversubscribed threads slowed small convolutions by 10x or more.
@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+register_resolvers()  # as the entry points do: the configs use ${join_name:} and ${sweep_group:}
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(ROOT / "conf")

@@ -166,11 +166,13 @@ def test_instance_checkpoint(tmp_path_factory, images, tmp_path):
     assert entry["instances"] == np.asarray(image).max()
     assert np.load(tmp_path / "plain" / "odd_probs.npy").shape == (2, *SIZES["odd"])
 
-    # Through the maps and back, the task's own post-processing of its logits is unchanged.
+    # The written label image is the task's own post-processing of its network's maps.
     task = load_task(ckpt).eval()
     with torch.inference_mode():
-        own = task.predict_instances(task(Preprocess(task)(images / "odd.png")[1]))[0]
+        probs = task.logits_to_probs(task(Preprocess(task)(images / "odd.png")[1]))
+        own = task.postprocess(probs).instances[0]
     assert np.array_equal(own.labels, np.asarray(image))
+    assert np.allclose(np.load(tmp_path / "plain" / "odd_probs.npy"), probs[0].numpy(), atol=1e-6)
 
     index = run(ckpt, images, tmp_path / "tta", tta="flips", tile_size=64)
     assert read(tmp_path / "tta" / "wide.png").shape == SIZES["wide"]
@@ -185,5 +187,9 @@ def test_maskrcnn_checkpoint(tmp_path_factory, images, tmp_path):
     image = Image.open(tmp_path / "odd.png")
     assert image.mode == "I;16" and np.asarray(image).shape == SIZES["odd"]
     assert index["files"][0]["instances"] == np.asarray(image).max() <= 5
-    with pytest.raises(ValueError, match="maskrcnn checkpoints predict whole images only"):
+    with pytest.raises(ValueError, match="MaskRCNNTask predicts whole images only"):
         run(ckpt, images, tmp_path, tile_size=64)
+    with pytest.raises(ValueError, match="MaskRCNNTask predicts whole images only"):
+        run(ckpt, images, tmp_path, tta="flips")
+    with pytest.raises(ValueError, match="save_probs=true: MaskRCNNTask gives no per-pixel maps"):
+        run(ckpt, images, tmp_path, save_probs=True)

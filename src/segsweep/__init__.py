@@ -1,7 +1,7 @@
-"""segsweep: Lightning + Hydra experiments for binary, semantic and instance segmentation."""
+"""segsweep: Lightning + Hydra experiments for binary, semantic and instance segmentation.
+
+Importing segsweep (or any of its library modules) only defines things: the entry points
+(``segsweep.train``, ``segsweep.eval``, ``segsweep.predict``) register the config resolvers.
+"""
 
 __version__ = "0.1.0"
-
-from segsweep.resolvers import register as _register_resolvers
-
-_register_resolvers()

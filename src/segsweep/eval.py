@@ -1,27 +1,75 @@
-"""``segsweep-eval ckpt_path=... [data=...] [split=test]``: evaluate a checkpoint on a split.
+"""``segsweep-eval ckpt_path=... [data.root=<labelled folder> | data=...] [split=test] [tta=...]``.
 
-The task (architecture, classes, loss) comes from the checkpoint; the data and augmentation come
-from the command line, or from the checkpoint's own run config when not given. Writes the same
-metrics.json shape as ``segsweep-train``.
+The task (architecture, classes, loss) comes from the checkpoint, and so do the data and
+augmentation settings unless the command line gives a ``data`` group. ``data.root=<folder>`` alone
+keeps the checkpoint's data settings and evaluates every image of that folder. ``tta`` and
+``tile_size`` build the task's ``Predictor`` (per-pixel tasks; Mask R-CNN refuses them). Writes the
+same metrics.json shape as ``segsweep-train`` and returns the run's own monitored metric on the
+evaluated split (``test/ap50`` for an instance checkpoint, ``test/iou`` for a binary one).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segsweep.callbacks import RunSummary
 from segsweep.callbacks.run_summary import to_float
+from segsweep.inference import Predictor
 from segsweep.launch import launch, needs_launch
 from segsweep.tasks import load_task
 from segsweep.train import CONFIG_DIR, build_datamodule, build_trainer
 from segsweep.utils.run import hydra_context, run_job, write_metrics_json
 
 SPLITS = ("val", "test")
+
+
+def new_folder_data(trained: DictConfig, root: str) -> DictConfig:
+    """The checkpoint's data config reading every image of ``root`` in every split."""
+    target = trained.dataset.get("_target_", "")
+    parameters = inspect.signature(get_object(target)).parameters
+    if not {"root", "split"} <= set(parameters):
+        raise ValueError(
+            f"data.root={root}: the checkpoint's data ({target}) is not read from a folder; "
+            f"give the folder's settings with data=folder data.root=..."
+        )
+    data = OmegaConf.merge(trained, {"root": root})
+    with open_dict(data):
+        data.splits = {split: {"split": "all"} for split in ("train", *SPLITS)}
+        if "stems_file" in data.dataset:
+            data.dataset.stems_file = None  # the training run's list names other files
+    return data
+
+
+def eval_data(cfg: DictConfig, trained_with: DictConfig) -> DictConfig:
+    """The ``data`` and ``augment`` configs to evaluate with: the command line's ``data`` group
+    if given, else the checkpoint's own (on ``data.root`` when that alone is given)."""
+    given = cfg.get("data") or {}
+    trained = trained_with.get("data")
+    if "_target_" in given:
+        data = given
+    elif trained is None:
+        raise ValueError(f"{cfg.ckpt_path} holds no data config; give data=... and augment=...")
+    elif given.get("root") is not None:
+        data = new_folder_data(trained, given.root)
+    else:
+        data = trained
+    augment = cfg.augment if cfg.get("augment") else trained_with.get("augment")
+    if augment is None:
+        raise ValueError(f"{cfg.ckpt_path} holds no augment config; give augment=...")
+    return OmegaConf.create({"data": data, "augment": augment})
+
+
+def evaluated_metric(trained_with: DictConfig, split: str) -> str | None:
+    """The training run's monitored metric on ``split`` (``val/ap50`` -> ``test/ap50``)."""
+    monitored = trained_with.get("optimized_metric")
+    return f"{split}/{monitored.split('/', 1)[1]}" if monitored and "/" in monitored else None
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -31,22 +79,16 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is not one of {list(SPLITS)}")
     L.seed_everything(cfg.seed, workers=True)
-    task = load_task(cfg.ckpt_path)
-    task.tta, task.tile_size = cfg.get("tta"), cfg.get("tile_size")
+    predictor = Predictor(tta=cfg.get("tta"), tile_size=cfg.get("tile_size"),
+                          tile_overlap=cfg.get("tile_overlap", 0.25), tile_batch_size=cfg.get("tile_batch_size", 4))
+    task = load_task(cfg.ckpt_path, predictor=predictor)
     trained_with = OmegaConf.create(task.hparams.run_config or {})
-    data_cfg = OmegaConf.create({
-        "data": cfg.data if cfg.get("data") else trained_with.get("data"),
-        "augment": cfg.augment if cfg.get("augment") else trained_with.get("augment"),
-    })
-    if data_cfg.data is None or data_cfg.augment is None:
-        raise ValueError(f"{cfg.ckpt_path} holds no data config; give data=... and augment=...")
-    datamodule = build_datamodule(data_cfg)
+    datamodule = build_datamodule(eval_data(cfg, trained_with))
     if datamodule.class_names != task.class_names:
         raise ValueError(
             f"the data's classes {datamodule.class_names} differ from the checkpoint's {task.class_names}"
         )
-    summary = RunSummary()
-    trainer = build_trainer(cfg, summary)
+    trainer = build_trainer(cfg, RunSummary())
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(task, datamodule=datamodule)
     result = {
@@ -54,15 +96,16 @@ def evaluate(cfg: DictConfig) -> dict:
         "run_name": cfg.run_name,
         "ckpt_path": str(cfg.ckpt_path),
         "split": cfg.split,
-        "tta": cfg.get("tta"),
-        "tile_size": cfg.get("tile_size"),
+        "monitor": evaluated_metric(trained_with, cfg.split),
+        "monitor_mode": trained_with.get("monitor_mode"),
+        **predictor.options(),
         "final": {k: to_float(v) for k, v in sorted(trainer.callback_metrics.items())},
         "params": sum(p.numel() for p in task.parameters()),
         "wall_time_s": time.time() - started,
         **hydra_context(cfg),
     }
     write_metrics_json(cfg.paths.output_dir, result)
-    return {**result, "value": result["final"].get(f"{cfg.split}/iou")}
+    return {**result, "value": result["final"].get(result["monitor"])}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
@@ -74,7 +117,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def launch_ranks(cfg: DictConfig) -> dict:
     result = launch(cfg, "segsweep.eval:evaluate")
-    return {**result, "value": result["final"].get(f"{cfg.split}/iou")}
+    return {**result, "value": result["final"].get(result.get("monitor"))}
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ collection serves both tasks and shares its confusion statistics through compute
 
 from __future__ import annotations
 
-import warnings
-
 from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -18,11 +16,6 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassJaccardIndex,
 )
-
-# After a reset, metrics that share a compute group's state (e.g. IoU and per-class IoU) warn that
-# compute() came before update() although the shared state was updated: the values are right
-# (checked against fresh metrics), the warning is torchmetrics' bookkeeping.
-warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
 
 
 def segmentation_metrics(class_names: list[str], ignore_index: int, binary: bool) -> MetricCollection:

@@ -28,8 +28,8 @@ from rich.progress import track
 
 from segsweep.data.base import coordinate_maps
 from segsweep.data.folder import IMAGE_SUFFIXES, read_image
-from segsweep.tasks import InstanceSegmentationTask, MaskRCNNTask, load_task
-from segsweep.tasks.base import TTA_CHOICES, SegmentationTask
+from segsweep.inference import Predictor
+from segsweep.tasks import InstanceSegmentationTask, SegmentationTask, load_task
 from segsweep.train import CONFIG_DIR
 from segsweep.visualize import overlay, to_display
 
@@ -98,44 +98,27 @@ class Preprocess:
         return image, torch.from_numpy(chw)[None]
 
 
-def instance_maps(task: InstanceSegmentationTask, images: torch.Tensor) -> torch.Tensor:
-    """Bottom-up instance maps as probabilities (sigmoid maps, softmax classes) with the task's TTA
-    and tiling, so the watershed runs once on the blended whole image."""
-    maps = len(task.map_names)
-
-    def to_probs(logits: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.sigmoid(logits[:, :maps]), logits[:, maps:].softmax(1)], 1)
-
-    return task.predict_probs(images, to_probs=to_probs)
-
-
-def predict_one(task, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def predict_one(task: SegmentationTask, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """One image ``(1, C, H, W)`` -> (label image, probability maps or None, index entry)."""
     names = task.class_names
-    if isinstance(task, MaskRCNNTask):
-        found = task.predict_instances(task(images))[0]
-    elif isinstance(task, InstanceSegmentationTask):
-        probs = instance_maps(task, images)
-        # predict_instances takes logits: invert the activations so it sees the averaged maps.
-        p, maps = probs.clamp(1e-6, 1 - 1e-6), len(task.map_names)
-        logits = torch.cat([torch.logit(p[:, :maps]), p[:, maps:].log()], 1)
-        found = task.predict_instances(logits)[0]
-    else:
-        probs = task.predict_probs(images)
-        labels = probs[0].argmax(0).cpu().numpy()
+    prediction = task.predict(images)
+    probs = None if prediction.probs is None else prediction.probs[0].cpu().numpy()
+    if prediction.instances is None:
+        labels = prediction.labels[0].cpu().numpy()
         counts = np.bincount(labels.ravel(), minlength=len(names))
         pixels = {names[i]: int(n) for i, n in enumerate(counts) if n}  # pixels per class
-        return labels, probs[0].cpu().numpy(), {"classes": pixels}
+        return labels, probs, {"classes": pixels}
+    found = prediction.instances[0]
     if found.labels.max(initial=0) > np.iinfo(np.uint16).max:
         raise ValueError(f"{found.labels.max()} instances do not fit a 16-bit label image")
     counts = Counter(names[c] for c in found.classes.tolist())
-    probs = None if isinstance(task, MaskRCNNTask) else probs[0].cpu().numpy()
     return found.labels, probs, {"instances": len(found.classes), "classes": dict(counts)}
 
 
-def prob_channels(task) -> list[str]:
-    if isinstance(task, InstanceSegmentationTask):
-        return [*task.map_names, *(task.class_names if task.num_classes > 1 else [])]
+def prob_channels(task: SegmentationTask) -> list[str]:
+    """Names of the ``<stem>_probs.npy`` channels (``logits_to_probs``)."""
+    if isinstance(task, InstanceSegmentationTask):  # object maps, then the object classes if several
+        return [*task.map_names, *(task.class_names[1:] if task.num_classes > 1 else [])]
     return list(task.class_names)
 
 
@@ -146,25 +129,38 @@ def display(image: np.ndarray) -> np.ndarray:
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
 
 
+def output_files(stem: str, output: Path) -> list[Path]:
+    """Every file a prediction of ``<stem>`` may write into ``output``."""
+    return [output / f"{stem}.png", output / f"{stem}_probs.npy", output / f"{stem}_overlay.png"]
+
+
+def refuse_overwriting_inputs(files: list[Path], output: Path) -> None:
+    """Raise, naming them, if writing into ``output`` would replace any input image."""
+    inputs = {path.resolve() for path in files}
+    written = [output / INDEX_FILE, *(f for path in files for f in output_files(path.stem, output))]
+    clash = sorted(str(path) for path in written if path.resolve() in inputs)
+    if clash:
+        raise ValueError(f"output={str(output)!r} would overwrite input image(s) {clash[:5]}: "
+                         "choose an output folder apart from the inputs")
+
+
 def predict(cfg: DictConfig | dict) -> dict:
     """Predict every image of ``cfg.input`` into ``cfg.output``; returns the index it writes."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
-    if cfg.get("tta") and cfg.tta not in TTA_CHOICES:
-        raise ValueError(f"tta={cfg.tta!r} is not one of {list(TTA_CHOICES)}")
+    predictor = Predictor(tta=cfg.get("tta"), tile_size=cfg.get("tile_size"),
+                          tile_overlap=cfg.get("tile_overlap", 0.25), tile_batch_size=cfg.get("tile_batch_size", 4))
     files = list_inputs(cfg.input)
+    refuse_overwriting_inputs(files, Path(cfg.output))
     device = cfg.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    task = load_task(cfg.ckpt_path).to(device).eval()
-    task.tta, task.tile_size = cfg.get("tta"), cfg.get("tile_size")
-    task.tile_overlap = cfg.get("tile_overlap", 0.25)
-    task.tile_batch_size = cfg.get("tile_batch_size", 4)
-    if isinstance(task, MaskRCNNTask) and (task.tta or task.tile_size or cfg.get("save_probs")):
-        raise ValueError("model=maskrcnn checkpoints predict whole images only: tta, tile_size and "
-                         "save_probs apply to the per-pixel tasks (binary, semantic, instance)")
+    task = load_task(cfg.ckpt_path, predictor=predictor).to(device).eval()  # refuses what it cannot run
+    if cfg.get("save_probs") and not task.per_pixel_maps:
+        raise ValueError(f"save_probs=true: {type(task).__name__} gives no per-pixel maps to save "
+                         "(they come from the binary, semantic and bottom-up instance tasks)")
     instance = isinstance(task, InstanceSegmentationTask)
     # Class ids fit 8 bits for up to 256 classes; instance ids need 16 (up to 65535 objects).
     label_dtype = np.uint16 if instance or len(task.class_names) > 256 else np.uint8
@@ -191,7 +187,7 @@ def predict(cfg: DictConfig | dict) -> dict:
                             "size": list(labels.shape), **found,
                             "seconds": round(time.perf_counter() - started, 4)})
     index = {"ckpt_path": str(cfg.ckpt_path), "task": type(task).__name__,
-             "class_names": list(task.class_names), "tta": task.tta, "tile_size": task.tile_size,
+             "class_names": list(task.class_names), **predictor.options(),
              "device": str(device), "label_dtype": np.dtype(label_dtype).name,
              "prob_channels": prob_channels(task) if cfg.get("save_probs") else None,
              "files": entries, "failed": failed}

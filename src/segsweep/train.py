@@ -6,7 +6,7 @@ Returns the monitored metric so Hydra sweepers (Optuna) can optimise it.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from importlib.resources import files
 
 import hydra
 import lightning as L
@@ -18,11 +18,16 @@ from segsweep.callbacks import RunSummary
 from segsweep.callbacks.run_summary import to_float
 from segsweep.data.datamodule import SegmentationDataModule
 from segsweep.launch import launch, needs_launch
+from segsweep.resolvers import register as register_resolvers
 from segsweep.tasks import SegmentationTask
 from segsweep.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from segsweep.utils.run import hydra_context, last_checkpoint, run_job, write_metrics_json
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The shipped configs: conf/, packaged as segsweep.conf, found by import from a checkout or a wheel.
+CONFIG_DIR = str(files("segsweep.conf"))
+# The resolvers the configs use (${join_name:}, ${sweep_group:}): set up by the entry points, here
+# at import because launcher processes (joblib, submitit) import this module to run a job.
+register_resolvers()
 
 
 def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:

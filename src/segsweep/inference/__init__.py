@@ -1,8 +1,10 @@
-"""Inference helpers: tiled (sliding-window) prediction of large images and test-time augmentation.
+"""Inference: the ``Predictor`` (TTA and tiling options a task's network is run with) and the
+``Prediction`` every task returns, over two helpers: tiled (sliding-window) prediction of large
+images and test-time augmentation.
 
-Both take a ``predict`` callable mapping images ``(N, C, h, w)`` to probabilities ``(N, K, h, w)``
-(e.g. ``lambda x: task.logits_to_probs(task(x))``; the task pads to its output stride), so they
-compose. Put TTA inside each tile::
+Both helpers take a ``predict`` callable mapping images ``(N, C, h, w)`` to probabilities
+``(N, K, h, w)`` (e.g. ``lambda x: task.logits_to_probs(task(x))``; the task pads to its output
+stride), so they compose. ``Predictor`` puts TTA inside each tile::
 
     probs = sliding_window_probs(lambda tiles: tta_probs(predict, tiles), image, tile_size=512)
 
@@ -11,7 +13,16 @@ rather than tiles inside TTA: the transforms then run one after the other on a b
 accumulators are allocated once instead of once per transform.
 """
 
+from .predictor import TTA_CHOICES, Prediction, Predictor
 from .tiling import gaussian_importance_map, sliding_window_probs, tile_starts
 from .tta import tta_probs
 
-__all__ = ["gaussian_importance_map", "sliding_window_probs", "tile_starts", "tta_probs"]
+__all__ = [
+    "TTA_CHOICES",
+    "Prediction",
+    "Predictor",
+    "gaussian_importance_map",
+    "sliding_window_probs",
+    "tile_starts",
+    "tta_probs",
+]

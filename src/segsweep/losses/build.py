@@ -4,7 +4,8 @@ Every loss target takes ``mode`` and ``ignore_index`` as keyword arguments (smp'
 segsweep's adapters are written to), so completing a factory is one call for every loss. A loss
 that supports only one mode says so with a ``modes`` class attribute; anything without one
 (smp's Dice, Jaccard, Tversky, ...) supports both. The list of losses valid for a mode, quoted in
-errors, is read from the ``conf/loss`` folder itself, so it cannot drift from the configs.
+errors, is read from the shipped ``loss`` config group itself (the package ``segsweep.conf``, i.e.
+the repository's ``conf/``), so it cannot drift from the configs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import torch
@@ -21,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 MODES = ("binary", "multiclass")
-LOSS_CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "loss"
+# The shipped loss group, found by import (a checkout, an editable install or a wheel alike).
+LOSS_CONF_DIR = files("segsweep.conf") / "loss"
 
 
 def build_loss(
@@ -65,8 +67,9 @@ def supported_modes(loss_cls: type) -> tuple[str, ...]:
 
 @functools.cache
 def loss_configs() -> dict[str, DictConfig]:
-    """The ``conf/loss/*.yaml`` nodes by name."""
-    return {path.stem: OmegaConf.load(path) for path in sorted(LOSS_CONF_DIR.glob("*.yaml"))}
+    """The shipped ``loss/*.yaml`` nodes by name."""
+    yamls = sorted((p for p in LOSS_CONF_DIR.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
+    return {p.name.removesuffix(".yaml"): OmegaConf.create(p.read_text()) for p in yamls}
 
 
 def config_modes(node: DictConfig) -> set[str]:

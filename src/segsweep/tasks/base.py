@@ -1,12 +1,23 @@
 """The one LightningModule base: model, loss, optimizer/scheduler and metrics from config.
 
 Subclasses say only what differs between problems: how many output channels, the loss mode, and
-how logits become label maps. Hyperparameters are plain dicts (the resolved Hydra nodes), so a
-checkpoint rebuilds its task without Hydra and without the command line that made it.
+how the network's output becomes a ``Prediction``. Hyperparameters are plain dicts (the resolved
+Hydra nodes), so a checkpoint rebuilds its task without Hydra and without the command line that
+made it.
+
+Every task meets one contract (binary, semantic, bottom-up instance, Mask R-CNN):
+
+- ``forward(images)``: the network's output for images ``(N, C, H, W)`` of any size: logits
+  ``(N, num_outputs, H, W)`` for the per-pixel tasks (Mask R-CNN: its detections);
+- ``logits_to_probs(logits)``: per-pixel probability maps ``(N, K, H, W)``, what TTA and tiling
+  average (per-pixel tasks only);
+- ``postprocess(maps, valid=None)`` and ``predict(images, valid=None)``: a ``Prediction``
+  (labels, maps, instances), ``predict`` running the network through the task's ``Predictor``.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -15,12 +26,11 @@ import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
 from torch import nn
 
-from segsweep.inference import sliding_window_probs, tta_probs
+from segsweep.inference import Prediction, Predictor
 from segsweep.losses import build_loss
 from segsweep.metrics import segmentation_metrics
 
 EVAL_STAGES = ("val", "test")
-TTA_CHOICES = ("flips", "flips_rot90")
 
 
 class SegmentationTask(L.LightningModule):
@@ -35,16 +45,12 @@ class SegmentationTask(L.LightningModule):
         in_channels: input channels from the data.
         ignore_index: mask value that loss and metrics skip.
         run_config: the whole resolved run config, kept in checkpoints for eval and predict.
+        predictor: how validation, test and ``predict`` run the network (TTA, tiling); the plain
+            one by default. An inference option, not a hyperparameter: not saved in checkpoints.
     """
 
     loss_mode: str  # "binary" or "multiclass": decided by the task, never by the loss config
-    monitor = "val/iou"
-    monitor_mode = "max"
-    # Inference options, set by segsweep-eval / segsweep-predict (not training hyperparameters).
-    tta: str | None = None  # None, "flips" or "flips_rot90"
-    tile_size: int | None = None  # images larger than this are predicted in blended tiles
-    tile_overlap: float = 0.25
-    tile_batch_size: int = 4
+    per_pixel_maps = True  # the network gives per-pixel maps, so TTA and tiling apply
 
     def __init__(
         self,
@@ -56,9 +62,16 @@ class SegmentationTask(L.LightningModule):
         ignore_index: int = 255,
         scheduler: dict | None = None,
         run_config: dict | None = None,
+        predictor: Predictor | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["predictor"])
+        self.predictor = predictor or Predictor()
+        if not (self.per_pixel_maps or self.predictor.plain):
+            raise ValueError(
+                f"{type(self).__name__} predicts whole images only: tta and tile_size apply to the "
+                f"tasks with per-pixel maps (binary, semantic, bottom-up instance); got {self.predictor}"
+            )
         self.class_names = list(class_names)
         self.check_classes()
         self.configure_models()
@@ -73,13 +86,15 @@ class SegmentationTask(L.LightningModule):
     def num_outputs(self) -> int:
         raise NotImplementedError
 
-    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(N, K, H, W)`` logits -> ``(N, H, W)`` class ids."""
+    def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> the per-pixel probability maps ``(N, K, H, W)`` predictions are made from
+        (binary and semantic: one per class)."""
         raise NotImplementedError
 
-    def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(N, K, H, W)`` logits -> per-class probabilities ``(N, num_classes, H, W)``."""
-        raise NotImplementedError
+    def postprocess(self, probs: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
+        """Probability maps -> ``Prediction``; binary and semantic: each pixel's likeliest class
+        (for binary maps ``[1 - p, p]`` that is ``p > 0.5``). ``valid`` marks the pixels to keep."""
+        return Prediction(labels=probs.argmax(dim=1), probs=probs)
 
     # -- built from config ----------------------------------------------------------------------
     def configure_models(self) -> None:
@@ -118,35 +133,15 @@ class SegmentationTask(L.LightningModule):
             images = F.pad(images, (0, pad_w, 0, pad_h))
         return self.net(images)[..., :height, :width]
 
-    def predict_probs(self, images: torch.Tensor, to_probs=None) -> torch.Tensor:
-        """Class probabilities ``(N, K, H, W)`` with this task's TTA and tiling options.
-
-        ``to_probs`` replaces ``logits_to_probs`` (e.g. the instance task's per-map sigmoids).
-        """
-        to_probs = to_probs or self.logits_to_probs
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return to_probs(self(x))
-
-        if self.tta:
-            if self.tta not in TTA_CHOICES:
-                raise ValueError(f"tta={self.tta!r} is not one of {list(TTA_CHOICES)}")
-            plain = predict
-
-            def predict(x: torch.Tensor) -> torch.Tensor:
-                return tta_probs(plain, x, flips=True, rot90=self.tta == "flips_rot90")
-
-        if not self.tile_size:
-            return predict(images)
-        return torch.stack([
-            sliding_window_probs(predict, image, self.tile_size, self.tile_overlap, self.tile_batch_size)
-            for image in images
-        ])
+    def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
+        """The ``Prediction`` for ``images``, the network run through this task's predictor."""
+        maps = self.predictor.maps(lambda x: self.logits_to_probs(self(x)), images)
+        return self.postprocess(maps, valid)
 
     def shared_step(self, batch: dict, stage: str) -> dict:
-        if stage != "train" and (self.tta or self.tile_size):
+        if stage != "train" and not self.predictor.plain:
             # Averaged probabilities have no logits to take a loss of: metrics only.
-            preds = self.predict_probs(batch["image"]).argmax(dim=1)
+            preds = self.predict(batch["image"]).labels
             self.metrics[stage].update(preds, batch["mask"])
             return {"preds": preds}
         logits = self(batch["image"])
@@ -159,7 +154,7 @@ class SegmentationTask(L.LightningModule):
                      sync_dist=stage != "train")
         if stage == "train":
             return {"loss": loss}
-        preds = self.logits_to_labels(logits)
+        preds = self.postprocess(self.logits_to_probs(logits)).labels
         self.metrics[stage].update(preds, batch["mask"])
         return {"loss": loss, "preds": preds}
 
@@ -172,11 +167,16 @@ class SegmentationTask(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self.shared_step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.logits_to_probs(self(batch["image"]))
+    def predict_step(self, batch: dict, batch_idx: int) -> Prediction:
+        return self.predict(batch["image"])
 
     def log_epoch_metrics(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
+        with warnings.catch_warnings():
+            # After a reset, metrics sharing a compute group's state (IoU, per-class IoU) warn that
+            # compute() came before update() though the shared state was updated: the values are
+            # right (checked against fresh metrics), the warning is torchmetrics' bookkeeping.
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
+            values = self.metrics[stage].compute()
         self.log(f"{stage}/iou", values.pop(f"{stage}/iou"), prog_bar=True)
         self.log_dict(values)
         self.metrics[stage].reset()
@@ -192,8 +192,11 @@ class SegmentationTask(L.LightningModule):
         checkpoint["segsweep_task"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
 
-def load_task(ckpt_path: str, map_location: str | torch.device = "cpu") -> SegmentationTask:
-    """Rebuild the task a checkpoint was trained with (its class, model, classes, config).
+def load_task(
+    ckpt_path: str, map_location: str | torch.device = "cpu", predictor: Predictor | None = None
+) -> SegmentationTask:
+    """Rebuild the task a checkpoint was trained with (its class, model, classes, config), run by
+    ``predictor`` (TTA, tiling; plain by default).
 
     The encoder's pretrained-weights source is switched off: the checkpoint's own weights replace
     them at once, and loading must not need the network.
@@ -204,4 +207,6 @@ def load_task(ckpt_path: str, map_location: str | torch.device = "cpu") -> Segme
     task_class = get_class(checkpoint["segsweep_task"])
     model = dict(checkpoint["hyper_parameters"]["model"])
     model.update({k: None for k in ("encoder_weights", "weights_path") if k in model})
-    return task_class.load_from_checkpoint(ckpt_path, map_location=map_location, model=model, weights_only=False)
+    return task_class.load_from_checkpoint(
+        ckpt_path, map_location=map_location, model=model, predictor=predictor, weights_only=False
+    )

@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from segsweep.inference import Prediction, Predictor
 from segsweep.instance.encoding import CHANNELS, encode
 from segsweep.instance.metrics import instance_metrics
 from segsweep.instance.postprocess import Instances, describe, from_labels, split_objects
@@ -45,7 +46,6 @@ class InstanceSegmentationTask(SegmentationTask):
     """
 
     loss_mode = "binary"
-    monitor = "val/ap50"
 
     def __init__(
         self,
@@ -63,11 +63,13 @@ class InstanceSegmentationTask(SegmentationTask):
         channel_weights: Mapping[str, float] | None = None,
         postprocess: Mapping | None = None,
         rand_vi: bool = False,
+        predictor: Predictor | None = None,
     ):
         if encoding not in CHANNELS:
             raise ValueError(f"task.encoding={encoding!r} is not one of {list(CHANNELS)}")
         super().__init__(
-            model, loss, optimizer, class_names, in_channels, ignore_index, scheduler, run_config
+            model, loss, optimizer, class_names, in_channels, ignore_index, scheduler, run_config,
+            predictor=predictor,
         )
         self._post_seconds = 0.0
         self._epoch_started = 0.0
@@ -92,17 +94,10 @@ class InstanceSegmentationTask(SegmentationTask):
     def num_outputs(self) -> int:
         return len(self.map_names) + (self.num_classes if self.num_classes > 1 else 0)
 
-    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.num_classes > 1:
-            return (logits[:, len(self.map_names) :].argmax(1) + 1) * (logits[:, 0] > 0)
-        return (logits[:, 0] > 0).long()
-
     def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        foreground = torch.sigmoid(logits[:, :1])
-        if self.num_classes > 1:
-            classes = logits[:, len(self.map_names) :].softmax(1)
-            return torch.cat([1 - foreground, foreground * classes], dim=1)
-        return torch.cat([1 - foreground, foreground], dim=1)
+        """The object maps through sigmoids, the class maps (if any) through a softmax."""
+        maps = len(self.map_names)
+        return torch.cat([torch.sigmoid(logits[:, :maps]), logits[:, maps:].softmax(1)], 1)
 
     def configure_losses(self) -> None:
         loss, ignore = self.hparams.loss, self.hparams.ignore_index
@@ -161,6 +156,14 @@ class InstanceSegmentationTask(SegmentationTask):
         return total, terms
 
     def shared_step(self, batch: dict, stage: str) -> dict:
+        valid = batch["mask"] != self.hparams.ignore_index
+        if stage != "train" and not self.predictor.plain:
+            # Averaged maps have no logits to take a loss of: metrics only.
+            prediction = self.predict(batch["image"], valid)
+            started = time.perf_counter()
+            instances = self.evaluate(prediction.instances, batch, stage)
+            self._post_seconds += time.perf_counter() - started
+            return {"preds": prediction.labels, "instances": instances}
         logits = self(batch["image"])
         loss, terms = self.compute_loss(logits, batch)
         size, train = batch["image"].shape[0], stage == "train"
@@ -180,26 +183,26 @@ class InstanceSegmentationTask(SegmentationTask):
         if train:
             return {"loss": loss}
         started = time.perf_counter()
-        preds = self.predict_instances(logits, valid=batch["mask"] != self.hparams.ignore_index)
-        instances = self.evaluate(preds, batch, stage)
+        prediction = self.postprocess(self.logits_to_probs(logits), valid)
+        instances = self.evaluate(prediction.instances, batch, stage)
         self._post_seconds += time.perf_counter() - started
-        return {"loss": loss, "preds": self.logits_to_labels(logits), "instances": instances}
+        return {"loss": loss, "preds": prediction.labels, "instances": instances}
 
-    def predict_instances(
-        self, logits: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> list[Instances]:
-        """Logits ``(N, K, H, W)`` -> one ``Instances`` per image (ignored pixels left out)."""
-        probs = torch.sigmoid(logits[:, : len(self.map_names)].float())
+    def postprocess(self, probs: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
+        """Maps ``(N, K, H, W)`` (``logits_to_probs``) -> objects split by ``split_objects``
+        (``task.postprocess`` options), one ``Instances`` per image; ``valid`` (N, H, W) marks
+        the pixels objects may cover (ignored pixels left out)."""
+        maps = probs[:, : len(self.map_names)].float()
         if valid is not None:
-            probs = probs * valid[:, None]
-        probs = probs.detach().cpu().numpy()
-        classes = logits[:, len(self.map_names) :].float().softmax(1).detach().cpu().numpy()
+            maps = maps * valid[:, None]
+        maps = maps.detach().cpu().numpy()
+        classes = probs[:, len(self.map_names) :].float().detach().cpu().numpy()
         options = dict(self.hparams.postprocess or {})
-        out = []
-        for i, (foreground, separator) in enumerate(probs):
+        found = []
+        for i, (foreground, separator) in enumerate(maps):
             labels = split_objects(foreground, separator, self.hparams.encoding, **options)
-            out.append(describe(labels, foreground, classes[i] if self.num_classes > 1 else None))
-        return out
+            found.append(describe(labels, foreground, classes[i] if self.num_classes > 1 else None))
+        return Prediction.from_instances(found, probs)
 
     def evaluate(self, preds: list[Instances], batch: dict, stage: str) -> torch.Tensor:
         """Update the stage's metrics; returns the predicted label images ``(N, H, W)``."""
@@ -211,9 +214,6 @@ class InstanceSegmentationTask(SegmentationTask):
         ]
         self.metrics[stage].update(preds, targets)
         return torch.from_numpy(np.stack([p.labels for p in preds])).to(batch["instances"].device)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> list[Instances]:
-        return self.predict_instances(self(batch["image"]))
 
     # -- epoch ends: metrics and the post-processing time ------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_warn
@@ -20,7 +19,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from segsweep.instance.postprocess import Instances, from_labels, paste_masks
+from segsweep.inference import Prediction
+from segsweep.instance.postprocess import from_labels, paste_masks
 from segsweep.tasks.instance import InstanceSegmentationTask
 
 RESNETS = [
@@ -130,6 +130,8 @@ class MaskRCNNTask(InstanceSegmentationTask):
     (Mask R-CNN trains with its own RPN, box and mask losses, logged as ``train/loss/<term>``);
     the bottom-up settings of ``conf/task/instance.yaml`` (encoding, postprocess) are unused."""
 
+    per_pixel_maps = False  # detections, not maps: no TTA or tiling
+
     @property
     def num_outputs(self) -> int:
         return len(self.class_names)  # torchvision counts the background as a class
@@ -138,7 +140,11 @@ class MaskRCNNTask(InstanceSegmentationTask):
         self.criterion = self.class_criterion = None
 
     def forward(self, images: torch.Tensor) -> list[dict]:
+        """The network's output: torchvision's detections (boxes, labels, scores, masks) per image."""
         return self.net(list(images))
+
+    def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
+        return self.postprocess(self(images), valid)
 
     def _targets(self, batch: dict) -> list[dict]:
         """torchvision targets (boxes, labels, masks) from the label images."""
@@ -186,31 +192,21 @@ class MaskRCNNTask(InstanceSegmentationTask):
         # In eval mode torchvision returns detections, not losses: no val/loss for Mask R-CNN.
         detections = self(batch["image"])
         started = time.perf_counter()
-        preds = self.predict_instances(detections, valid=batch["mask"] != self.hparams.ignore_index)
-        instances = self.evaluate(preds, batch, stage)
+        prediction = self.postprocess(detections, valid=batch["mask"] != self.hparams.ignore_index)
+        instances = self.evaluate(prediction.instances, batch, stage)
         self._post_seconds += time.perf_counter() - started
-        # Class map for the pixel view: each instance painted with its class.
-        semantic = torch.stack(
-            [
-                torch.from_numpy(np.concatenate([[0], p.classes]))[torch.from_numpy(p.labels)]
-                for p in preds
-            ]
-        ).to(instances.device)
-        return {"loss": None, "preds": semantic, "instances": instances}
+        return {"loss": None, "preds": prediction.labels, "instances": instances}
 
-    def predict_instances(
-        self, detections: list[dict], valid: torch.Tensor | None = None
-    ) -> list[Instances]:
-        out = []
+    def postprocess(self, detections: list[dict], valid: torch.Tensor | None = None) -> Prediction:
+        """Detections -> one ``Instances`` per image, pasted by score (no per-pixel maps)."""
+        found = []
         for i, det in enumerate(detections):
             masks = (
                 det["masks"] if valid is None else det["masks"] * valid[i].to(det["masks"].dtype)
             )
-            out.append(paste_masks(masks, det["scores"], det["labels"]))
-        return out
-
-    def predict_step(self, batch: dict, batch_idx: int) -> list[Instances]:
-        return self.predict_instances(self(batch["image"]))
+            found.append(paste_masks(masks, det["scores"], det["labels"]))
+        device = detections[0]["masks"].device if detections else None
+        return Prediction.from_instances(found, device=device)
 
     def configure_models(self) -> None:
         factory = instantiate(self.hparams.model)

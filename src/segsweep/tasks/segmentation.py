@@ -23,9 +23,6 @@ class BinarySegmentationTask(SegmentationTask):
     def num_outputs(self) -> int:
         return 1
 
-    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        return (logits[:, 0] > 0).long()
-
     def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
         foreground = torch.sigmoid(logits)
         return torch.cat([1 - foreground, foreground], dim=1)
@@ -43,9 +40,6 @@ class SemanticSegmentationTask(SegmentationTask):
     @property
     def num_outputs(self) -> int:
         return len(self.class_names)
-
-    def logits_to_labels(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.argmax(dim=1)
 
     def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)

@@ -6,6 +6,7 @@ import netrc
 import os
 from urllib.parse import urlparse
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -20,20 +21,38 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs) -> WandbLogger:
+def wandb_logger(
+    save_dir: str, offline: bool | None = None, job_type: str | None = None, **kwargs
+) -> WandbLogger:
     """A ``WandbLogger``; ``offline=None`` decides from ``WANDB_MODE`` and the credentials found.
 
     Offline runs are written under ``save_dir/wandb`` and can be uploaded later with
-    ``wandb sync <dir>``.
+    ``wandb sync <dir>``. ``job_type`` (W&B's filter between training and evaluation runs)
+    defaults to the Hydra job's name: ``train`` for segsweep-train, ``eval`` for segsweep-eval.
     """
     mode = os.environ.get("WANDB_MODE")
     if offline is None:
         offline = mode in ("offline", "dryrun") or (mode != "online" and not wandb_has_credentials())
     if offline:
-        os.environ.setdefault("WANDB_MODE", "offline")  # also stops wandb.init from asking to log in
+        kwargs.setdefault("mode", "offline")  # wandb.init's own switch: it does not ask to log in
         rank_zero_info(
             f"W&B: no credentials found (WANDB_API_KEY / ~/.netrc), logging offline to {save_dir}/wandb; "
             f"upload later with `wandb sync {save_dir}/wandb/offline-run-*`"
         )
     os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
+    if kwargs.get("tags"):  # W&B refuses tags over 64 characters; the full overrides stay in the config
+        kwargs["tags"] = [shorten_tag(str(tag)) for tag in kwargs["tags"]]
+    if job_type is None and HydraConfig.initialized():
+        job_type = HydraConfig.get().job.name
+    return WandbLogger(save_dir=save_dir, offline=offline, job_type=job_type, **kwargs)
+
+
+WANDB_TAG_LIMIT = 64
+
+
+def shorten_tag(tag: str) -> str:
+    """``tag`` cut to W&B's limit, keeping its start and end (``data.root=/lo…/isbi2012``)."""
+    if len(tag) <= WANDB_TAG_LIMIT:
+        return tag
+    keep = WANDB_TAG_LIMIT - 1
+    return tag[: keep // 2] + "…" + tag[-(keep - keep // 2):]

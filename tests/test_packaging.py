@@ -1,0 +1,187 @@
+"""segsweep as users install it: a wheel (not the checkout) runs from any directory with the shipped
+configs, a user's own config folder composes with them, and importing segsweep sets nothing up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import FAST, ROOT
+
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+# Run in a fresh interpreter: imports the third-party modules segsweep's modules import at their
+# top level, takes a snapshot of the process-wide state, imports segsweep's modules, and prints
+# what changed. Third-party imports come first so only segsweep's own module code is judged.
+IMPORT_PROBE = textwrap.dedent('''
+    import ast, importlib, json, logging, os, sys, warnings
+    from pathlib import Path
+    from omegaconf.basecontainer import BaseContainer
+
+    package = Path(sys.argv[1])
+    entry_points = {"segsweep.train", "segsweep.eval", "segsweep.predict"}
+    modules, third_party = [], set()
+    for path in sorted(package.rglob("*.py")):
+        if "conf" in path.relative_to(package).parts:
+            continue
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        for node in ast.parse(path.read_text()).body:  # module level only: what runs at import
+            if isinstance(node, ast.Import):
+                third_party.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                third_party.add(node.module)
+                third_party.update(f"{node.module}.{alias.name}" for alias in node.names)
+    for name in sorted(third_party):
+        if name.split(".")[0] not in ("segsweep", "__future__"):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass  # "from x import function": not a module
+
+    def state():
+        loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]
+        return {
+            "warnings filters": [repr(f) for f in warnings.filters],
+            "logger levels": {lg.name: lg.level for lg in loggers if lg.level != logging.NOTSET},
+            "root handlers": [repr(h) for h in logging.getLogger().handlers],
+            "environment": dict(os.environ),
+            "resolvers": sorted(BaseContainer._resolvers),
+        }
+
+    def diff(before, after):
+        return {k: [before[k], after[k]] for k in before if before[k] != after[k]}
+
+    before = state()
+    importlib.import_module("segsweep")
+    report = {"import segsweep": diff(before, state())}
+    for name in modules:
+        if name not in entry_points:
+            importlib.import_module(name)
+    report["library modules"] = diff(before, state())
+    for name in sorted(entry_points):
+        importlib.import_module(name)
+    after = state()
+    report["entry points"] = diff(before, after)
+    report["entry point resolvers"] = sorted(set(after["resolvers"]) - set(before["resolvers"]))
+    print(json.dumps(report))
+''')
+
+
+def test_importing_segsweep_changes_no_global_state():
+    """``import segsweep`` and every library module change no warnings filter, logger level,
+    handler, environment variable or OmegaConf resolver; the entry points add the resolvers only."""
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, str(ROOT / "src" / "segsweep")],
+        capture_output=True, text=True, env=CLEAN_ENV, cwd=ROOT, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["import segsweep"] == {}
+    assert report["library modules"] == {}
+    changed = report["entry points"]
+    assert set(changed) <= {"resolvers"}, changed
+    assert {"join_name", "sweep_group", "task_labels"} <= set(report["entry point resolvers"])
+
+
+# -- the wheel ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh venv with segsweep installed from a wheel built from a clean copy of the checkout
+    (as ``pip install git+URL`` builds it); the dependencies come from the project's environment
+    through a ``.pth`` file, so nothing is downloaded and torch is not reinstalled.
+    Returns the venv's ``bin`` folder."""
+    work = tmp_path_factory.mktemp("packaging")
+    source = work / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "outputs")
+    for name in ("src", "conf"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", work / "dist", source],
+                   check=True, cwd=work, env=CLEAN_ENV, timeout=300)
+    wheel = next((work / "dist").glob("segsweep-*.whl"))
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (purelib / "project_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python = venv / "bin" / "python"
+    # --ignore-installed: the checkout's editable segsweep is visible through the .pth; the wheel
+    # goes into the fresh venv beside it and comes first on sys.path.
+    subprocess.run([str(python), "-m", "pip", "-q", "--disable-pip-version-check", "install", "--no-deps",
+                    "--no-index", "--ignore-installed", wheel], check=True, cwd=work, env=CLEAN_ENV, timeout=300)
+    where = subprocess.run([str(python), "-c", "import segsweep.train; print(segsweep.train.CONFIG_DIR)"],
+                           capture_output=True, text=True, check=True, cwd=work, env=CLEAN_ENV, timeout=120)
+    config_dir = Path(where.stdout.strip())
+    assert config_dir.is_relative_to(venv) and (config_dir / "train.yaml").is_file(), config_dir
+    return venv / "bin"
+
+
+def test_wheel_ships_every_config(installed):
+    """Every YAML file of conf/ is in the wheel, under segsweep/conf/."""
+    wheel = next(installed.parent.parent.glob("dist/segsweep-*.whl"))
+    shipped = {n.removeprefix("segsweep/conf/") for n in zipfile.ZipFile(wheel).namelist()
+               if n.startswith("segsweep/conf/") and n.endswith(".yaml")}
+    assert shipped == {str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*.yaml")}
+
+
+def run_installed(installed: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(installed / "segsweep-train"), *args], capture_output=True, text=True,
+                         cwd=cwd, env={**CLEAN_ENV, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+def test_installed_train_runs_from_any_directory(installed, tmp_path):
+    """``segsweep-train`` of the wheel trains from a folder outside the checkout, writing its
+    outputs there (default data, model and loss from the shipped configs)."""
+    run_installed(installed, tmp_path, *FAST, "model.base_width=8", "model.depth=2")
+    (metrics_path,) = tmp_path.glob("outputs/runs/*/*/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["run_name"] == "classic_unet-bce_dice"
+    assert 0 <= metrics["final"]["test/iou"] <= 1
+
+
+def test_installed_train_composes_a_user_config_dir(installed, tmp_path):
+    """``--config-dir ~/my-exps experiment=foo``: the user's experiment overlays the shipped
+    groups; the same folder given as ``hydra.searchpath`` composes the same way; ``--help`` lists
+    the groups and choices, the user's experiment among them."""
+    experiments = tmp_path / "my-exps" / "experiment"
+    experiments.mkdir(parents=True)
+    (experiments / "foo.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        defaults:
+          - override /loss: dice
+        model:
+          base_width: 8
+          depth: 2
+        seed: 7
+    """))
+    run_installed(installed, tmp_path, "--config-dir", "my-exps", "experiment=foo", *FAST)
+    (job,) = tmp_path.glob("outputs/runs/*/*")
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["run_name"] == "classic_unet-dice"
+    assert metrics["choices"]["experiment"] == "foo"
+    assert "seed: 7" in (job / ".hydra" / "config.yaml").read_text()
+
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'my-exps'}]"
+    composed = run_installed(installed, tmp_path, searchpath, "experiment=foo", "--cfg", "job").stdout
+    assert "base_width: 8" in composed and "seed: 7" in composed
+
+    shown = run_installed(installed, tmp_path, "--config-dir", "my-exps", "--help").stdout
+    assert "experiment: camvid, foo, instance_dsb2018" in shown
+    assert "task: binary, instance, semantic" in shown
+    assert "logger: csv, none, tensorboard, wandb" in shown
