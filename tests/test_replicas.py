@@ -10,10 +10,13 @@ import pytest
 from conftest import CONFIG_DIR, TINY_ENCODER
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from matplotlib.container import ErrorbarContainer
 from omegaconf import OmegaConf
+from PIL import Image
 from test_reporting import completed, write_job
 
+from segsweep.data.folder import FolderDataset
 from segsweep.replicas import setup_key
 from segsweep.reporting import collect, write_report
 from segsweep.reporting.leaderboard import build_setups
@@ -170,8 +173,6 @@ def test_setup_key_drops_replica_keys():
 
 
 def test_wandb_replicas_share_the_setup_in_their_config(make_cfg, monkeypatch):
-    from hydra.utils import instantiate
-
     from segsweep.resolvers import register
 
     register()
@@ -208,3 +209,50 @@ def test_sweep_repeats_preset_expands_to_seeds():
     parsed = OverridesParser.create().parse_overrides(["seed=1,2,3,4", "model=unet,fpn"])
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     assert len(jobs) == 8 and {j[0] for j in jobs} == {f"seed={s}" for s in (1, 2, 3, 4)}
+
+
+@pytest.fixture
+def ten_images(tmp_path):
+    """A folder dataset of 10 tiny grey images and binary masks."""
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(10):
+        Image.new("L", (8, 8), 20 * i).save(tmp_path / "images" / f"s{i:02d}.png")
+        Image.new("L", (8, 8), i % 2).save(tmp_path / "masks" / f"s{i:02d}.png")
+    return tmp_path
+
+
+def folder(root, **kwargs) -> FolderDataset:
+    return FolderDataset(root, "images", "masks", ["background", "object"], in_channels=1, **kwargs)
+
+
+def stems(dataset) -> list[str]:
+    return [image.stem for image, _ in dataset.pairs]
+
+
+def test_folds_partition_the_training_images(ten_images):
+    every = [f"s{i:02d}" for i in range(10)]
+    vals = [stems(folder(ten_images, split="val", fold=i, folds=3)) for i in range(3)]
+    assert sorted(len(v) for v in vals) == [3, 3, 4]  # 10 = 4 + 3 + 3
+    assert sorted(sum(vals, [])) == every  # each image in exactly one validation fold
+    for i, val in enumerate(vals):
+        train = stems(folder(ten_images, split="train", fold=i, folds=3))
+        assert sorted(train + val) == every and not set(train) & set(val)
+    assert vals[1] == stems(folder(ten_images, split="val", fold=1, folds=3))  # deterministic
+    assert stems(folder(ten_images, split="all", fold=1, folds=3)) == every  # a test split
+
+
+@pytest.mark.parametrize("fold, folds, message", [
+    (3, 3, r"data.fold=3 must be one of 0..2"), (-1, 3, "data.fold=-1"),
+    (0, 1, "data.folds=1 must be a whole number >= 2"), (0, 11, "data.folds=11 is more than the 10")])
+def test_bad_fold_is_a_clear_error(ten_images, fold, folds, message):
+    with pytest.raises(ValueError, match=message):
+        folder(ten_images, split="val", fold=fold, folds=folds)
+
+
+def test_data_fold_from_the_command_line(make_cfg, ten_images):
+    cfg = make_cfg("data=folder", f"data.root={ten_images}", "data.dataset.in_channels=1",
+                   "data.fold=2", "data.folds=3", "data.num_workers=0", fast=False)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    assert stems(datamodule.build("val")) == stems(folder(ten_images, split="val", fold=2, folds=3))
+    assert len(datamodule.build("train")) + len(datamodule.build("val")) == 10

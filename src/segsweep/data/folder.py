@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from segsweep.data.base import RawSample, SegmentationDataset
+from segsweep.data.datamodule import SegmentationDataModule
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SPLITS = ("train", "val", "all")
@@ -33,6 +35,38 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
+def fold_stems(stems: list[str], split: str, fold: int, folds: int, seed: int,
+               folder: Path) -> list[str]:
+    """The ``train`` or ``val`` stems of fold ``fold`` of ``folds`` (sorted). As scikit-learn's
+    ``KFold(folds, shuffle=True)`` cuts: the shuffled stems in ``folds`` consecutive parts whose
+    sizes differ by at most one; written here because scikit-learn is no dependency of ours."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"data.folds={folds!r} must be a whole number >= 2")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(f"data.fold={fold!r} must be one of 0..{folds - 1} (data.folds={folds})")
+    if folds > len(stems):
+        raise ValueError(f"data.folds={folds} is more than the {len(stems)} images in {folder}: "
+                         "a fold would be empty")
+    shuffled = random.Random(seed).sample(stems, len(stems))
+    size, extra = divmod(len(stems), folds)  # the first `extra` folds hold one more stem
+    start = fold * size + min(fold, extra)
+    held_out = set(shuffled[start:start + size + (fold < extra)])
+    return sorted(held_out if split == "val" else set(stems) - held_out)
+
+
+class FolderDataModule(SegmentationDataModule):
+    """A :class:`~segsweep.data.datamodule.SegmentationDataModule` over a folder dataset that
+    takes ``data.fold`` / ``data.folds`` (k-fold cross-validation, see :class:`FolderDataset`):
+    ``segsweep-train -m data=folder data.fold=0,1,2,3,4`` runs every fold; the leaderboard counts
+    folds as replicas of one set-up. ``fold=None`` keeps the dataset's own split."""
+
+    def __init__(self, dataset: Callable[..., SegmentationDataset], fold: int | None = None,
+                 folds: int = 5, **kwargs):
+        if fold is not None:
+            dataset = functools.partial(dataset, fold=fold, folds=folds)
+        super().__init__(dataset, **kwargs)
+
+
 class FolderDataset(SegmentationDataset):
     """Images and masks in two folders, paired by file stem.
 
@@ -51,6 +85,9 @@ class FolderDataset(SegmentationDataset):
         split_seed: seed of that split (the same seed gives the same split on every machine).
         stems_file: text file listing the stems of this split, one per line (overrides the
             random split).
+        fold / folds: k-fold cross-validation instead of ``val_fraction``: the stems, shuffled
+            with ``split_seed``, cut into ``folds`` parts; part ``fold`` is ``val``, the others
+            ``train``; ``all`` (a test folder) is unaffected.
     """
 
     def __init__(
@@ -67,6 +104,8 @@ class FolderDataset(SegmentationDataset):
         val_fraction: float = 0.0,
         split_seed: int = 0,
         stems_file: str | None = None,
+        fold: int | None = None,
+        folds: int = 5,
         transform=None,
     ):
         super().__init__(transform)
@@ -79,7 +118,13 @@ class FolderDataset(SegmentationDataset):
         self._lookup = self._value_lookup(value_map, void_values)
 
         image_files, mask_files = _files_by_stem(self.images_dir), _files_by_stem(self.masks_dir)
-        stems = self._split_stems(sorted(image_files), split, val_fraction, split_seed, stems_file)
+        if fold is not None and split != "all":
+            if stems_file is not None:
+                raise ValueError(f"data.fold={fold} and stems_file={stems_file} both choose the "
+                                 "split: set one of them")
+            stems = fold_stems(sorted(image_files), split, fold, folds, split_seed, self.images_dir)
+        else:
+            stems = self._split_stems(sorted(image_files), split, val_fraction, split_seed, stems_file)
         missing = [image_files[s].name for s in stems if s not in mask_files]
         if missing:
             raise FileNotFoundError(
