@@ -15,6 +15,7 @@ from matplotlib.container import ErrorbarContainer
 from omegaconf import OmegaConf
 from PIL import Image
 from test_reporting import completed, write_job
+from test_sweeps import multirun
 
 from segsweep.data.folder import FolderDataset
 from segsweep.replicas import setup_key
@@ -256,3 +257,11 @@ def test_data_fold_from_the_command_line(make_cfg, ten_images):
     datamodule = instantiate(cfg.data, _convert_="all")
     assert stems(datamodule.build("val")) == stems(folder(ten_images, split="val", fold=2, folds=3))
     assert len(datamodule.build("train")) + len(datamodule.build("val")) == 10
+
+
+def test_repeats_multirun_reports_one_setup_of_two_seeds(tmp_path):
+    sweep = multirun(tmp_path, "model=classic_unet", "sweep=repeats", "sweep.repeats=2", "logger=none")
+    jobs = pd.read_csv(sweep / "leaderboard_jobs.csv")
+    assert sorted(jobs["seed"]) == [1, 2] and set(jobs["status"]) == {"completed"}
+    setup = pd.read_csv(sweep / "leaderboard.csv").iloc[0]
+    assert setup["n"] == 2 and setup["mean val/iou"] == pytest.approx(jobs["best val/iou"].mean())
