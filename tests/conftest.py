@@ -68,6 +68,21 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def untrained_checkpoint(cfg, path: Path) -> str:
+    """A checkpoint as segsweep-train writes it, of the untrained task ``cfg`` builds: predicting
+    and evaluating need no good weights, and a fit per task kind would cost seconds each."""
+    import lightning as L
+
+    from segsweep.train import build_datamodule, build_task
+
+    task = build_task(cfg, build_datamodule(cfg))
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                  "pytorch-lightning_version": L.__version__}
+    task.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return str(path)
+
+
 def requires_dataset(name: str):
     """Skip, saying why, when a real dataset of ../shared/datasets is absent."""
     path = DATASETS / name

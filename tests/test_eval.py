@@ -3,11 +3,10 @@ them, the run's own monitored metric is returned, and a new labelled folder is e
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, untrained_checkpoint
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
@@ -16,24 +15,16 @@ from segsweep.eval import evaluate
 from segsweep.inference import Predictor
 from segsweep.predict import Preprocess
 from segsweep.tasks import load_task
-from segsweep.train import build_datamodule, build_task
 
 SMALL = ["model=classic_unet", "model.depth=2", "model.base_width=8"]
 
 
-def untrained_checkpoint(folder, *overrides: str, fast: bool = True) -> str:
-    """A checkpoint as segsweep-train writes it, of an untrained task (evaluation needs no good
-    weights; a fit per task kind would cost seconds each)."""
+def untrained(folder, *overrides: str, fast: bool = True) -> str:
     try:
         cfg = compose_config(folder, *overrides, fast=fast)
     finally:
         GlobalHydra.instance().clear()
-    task = build_task(cfg, build_datamodule(cfg))
-    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
-                  "pytorch-lightning_version": L.__version__}
-    task.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, folder / "untrained.ckpt")
-    return str(folder / "untrained.ckpt")
+    return untrained_checkpoint(cfg, folder / "untrained.ckpt")
 
 
 def eval_config(folder, ckpt: str, *overrides: str):
@@ -46,7 +37,7 @@ def eval_config(folder, ckpt: str, *overrides: str):
 
 @pytest.mark.parametrize(("task", "monitor"), [("binary", "val/iou"), ("instance", "val/ap50")])
 def test_eval_applies_tta_and_tiling_and_returns_the_monitored_metric(tmp_path, monkeypatch, task, monitor):
-    ckpt = untrained_checkpoint(tmp_path, f"task={task}", "data.dataset.num_classes=1", *SMALL)
+    ckpt = untrained(tmp_path, f"task={task}", "data.dataset.num_classes=1", *SMALL)
     seen = []  # the options every call of the predictor ran with
     maps = Predictor.maps
 
@@ -66,7 +57,7 @@ def test_eval_applies_tta_and_tiling_and_returns_the_monitored_metric(tmp_path, 
 
 
 def test_eval_refuses_tta_and_tiling_for_maskrcnn(tmp_path):
-    ckpt = untrained_checkpoint(tmp_path, "task=instance", "model=maskrcnn", "encoder=resnet18",
+    ckpt = untrained(tmp_path, "task=instance", "model=maskrcnn", "encoder=resnet18",
                                 "data.dataset.num_classes=1")
     for option in ("tta=flips", "tile_size=32"):
         with pytest.raises(ValueError, match="MaskRCNNTask predicts whole images only: tta and tile_size"):
@@ -88,7 +79,7 @@ def test_eval_on_a_new_labelled_folder_scores_every_image(tmp_path):
     """``data.root=<folder>`` alone: the checkpoint's folder settings (here its value_map, without
     which 255 is no class) on every image of the new folder, whatever the split's name."""
     trained_on = labelled_folder(tmp_path / "train", range(5))
-    ckpt = untrained_checkpoint(tmp_path, "data=folder", f"data.root={trained_on}", "data.num_workers=0",
+    ckpt = untrained(tmp_path, "data=folder", f"data.root={trained_on}", "data.num_workers=0",
                                 "data.dataset.value_map={0: 0, 255: 1}", "data.dataset.class_names=[background,shape]",
                                 "trainer=cpu", "logger=none", "callbacks=none", *SMALL, fast=False)
     new = labelled_folder(tmp_path / "new", range(10, 17))
@@ -108,6 +99,6 @@ def test_eval_on_a_new_labelled_folder_scores_every_image(tmp_path):
 
 
 def test_eval_data_root_needs_a_folder_dataset(tmp_path):
-    ckpt = untrained_checkpoint(tmp_path, *SMALL)  # synthetic data: nothing to read from a folder
+    ckpt = untrained(tmp_path, *SMALL)  # synthetic data: nothing to read from a folder
     with pytest.raises(ValueError, match="is not read from a folder; give the folder's settings"):
         evaluate(eval_config(tmp_path, ckpt, f"data.root={tmp_path}"))

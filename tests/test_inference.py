@@ -1,12 +1,15 @@
-"""Tiled prediction and test-time augmentation against whole-image prediction, on a tiny net."""
+"""Tiled prediction and test-time augmentation against whole-image prediction, on a tiny net; the
+Predictor that composes them; one prediction contract for every task."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from segsweep.inference import sliding_window_probs, tile_starts, tta_probs
+from segsweep.inference import Prediction, Predictor, sliding_window_probs, tile_starts, tta_probs
+from segsweep.train import build_datamodule, build_task
 
 TILE, OVERLAP, RADIUS = 64, 0.25, 3  # RADIUS: half the receptive field (7) of the net below
 
@@ -140,3 +143,95 @@ def test_tta_inside_tiles_equals_tta_of_whole_image(predict):
     # 3x3 kernels flipped still reach RADIUS pixels: the same clean region
     error = (tiled - whole).abs().amax(dim=0)
     assert error[clean_mask(120, 136)].max() < 1e-5 and error.max() < 2e-3
+
+
+# -- the Predictor: options checked, views and tiles composed as documented ----------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"tta": "mirror"}, "tta='mirror' is not one of"),
+    ({"tile_size": 0}, "tile_size=0 must be a positive"),
+    ({"tile_size": 64, "tile_overlap": 1.0}, "tile_overlap=1.0 must be in"),
+    ({"tile_batch_size": 0}, "tile_batch_size=0 must be a positive"),
+])
+def test_predictor_names_a_bad_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        Predictor(**options)
+
+
+def test_predictor_runs_tta_inside_tiles():
+    ramp = torch.arange(2 * 5 * 7, dtype=torch.float32).reshape(1, 2, 5, 7)  # not flip-equivariant
+    images = torch.randn(1, 2, 5, 7)
+
+    def network(x):
+        return x * ramp[..., : x.shape[-2], : x.shape[-1]]
+
+    assert Predictor().plain and not Predictor(tta="flips").plain
+    torch.testing.assert_close(Predictor().maps(network, images), network(images))
+    # flips: the mean of the identity and both flips, each prediction flipped back (by hand).
+    by_hand = (network(images) + network(images.flip(-1)).flip(-1) + network(images.flip(-2)).flip(-2)) / 3
+    torch.testing.assert_close(Predictor(tta="flips").maps(network, images), by_hand)
+    image = torch.randn(3, 120, 136)
+    conv = nn.Conv2d(3, 2, 3, padding=1)
+    tiled = Predictor(tta="flips", tile_size=TILE, tile_batch_size=2).maps(conv, image[None])[0]
+    expected = sliding_window_probs(lambda t: tta_probs(conv, t), image, TILE, 0.25, batch_size=2)
+    torch.testing.assert_close(tiled, expected)
+
+
+# -- one contract for every task ------------------------------------------------------------------
+
+SMALL_NET = ["model=classic_unet", "model.depth=2", "model.base_width=8"]
+TASKS = {
+    "binary": SMALL_NET,
+    "semantic": ["task=semantic", *SMALL_NET],
+    "instance": ["task=instance", *SMALL_NET],  # 3 shape classes: + class maps
+    "maskrcnn": ["task=instance", "model=maskrcnn", "encoder=resnet18", "model.detections_per_image=5",
+                 "+model.rpn_pre_nms_top_n_test=32", "+model.rpn_post_nms_top_n_test=16"],
+}
+
+
+@pytest.mark.parametrize("kind", list(TASKS))
+def test_every_task_predicts_one_kind_of_prediction(make_cfg, kind):
+    cfg = make_cfg(*TASKS[kind])
+    task = build_task(cfg, build_datamodule(cfg)).eval()
+    images = torch.randn(2, 3, 50, 70)
+    with torch.inference_mode():
+        prediction = task.predict(images)
+    classes = len(task.class_names)
+    assert isinstance(prediction, Prediction) and prediction.labels.shape == (2, 50, 70)
+    assert 0 <= prediction.labels.min() and prediction.labels.max() < classes
+    if kind == "maskrcnn":
+        assert prediction.probs is None and not task.per_pixel_maps
+        with pytest.raises(ValueError, match="MaskRCNNTask predicts whole images only"):
+            type(task)(**task.hparams, predictor=Predictor(tta="flips"))
+    else:
+        with torch.inference_mode():
+            logits = task(images)
+        assert logits.shape == (2, task.num_outputs, 50, 70)
+        assert 0 <= prediction.probs.min() and prediction.probs.max() <= 1
+    if kind in ("binary", "semantic"):
+        assert prediction.instances is None and prediction.probs.shape == (2, classes, 50, 70)
+        torch.testing.assert_close(prediction.probs.sum(1), torch.ones(2, 50, 70))
+        assert torch.equal(prediction.labels, prediction.probs.argmax(1))
+    else:  # each object's pixels carry its class, the rest background
+        for labels, found in zip(prediction.labels.numpy(), prediction.instances, strict=True):
+            assert found.labels.shape == (50, 70)
+            expected = np.concatenate([[0], found.classes])[found.labels]
+            assert np.array_equal(labels, expected)
+
+
+def test_validation_runs_through_the_tasks_predictor(make_cfg):
+    """A task built with a TTA predictor scores validation on the averaged maps (no loss: no logits)."""
+    cfg = make_cfg(*SMALL_NET)
+    plain = build_task(cfg, build_datamodule(cfg)).eval()
+    flips = type(plain)(**plain.hparams, predictor=Predictor(tta="flips"))
+    flips.load_state_dict(plain.state_dict())
+    flips.eval()
+    batch = {"image": torch.randn(2, 3, 32, 48), "mask": torch.randint(0, 2, (2, 32, 48))}
+    with torch.inference_mode():
+        out = flips.validation_step(batch, 0)
+        maps = [plain.logits_to_probs(plain(view)) for view in (batch["image"], batch["image"].flip(-1))]
+        maps.append(plain.logits_to_probs(plain(batch["image"].flip(-2))).flip(-2))
+        maps[1] = maps[1].flip(-1)
+    assert "loss" not in out
+    assert torch.equal(out["preds"], (sum(maps) / 3).argmax(1))

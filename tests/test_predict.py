@@ -9,18 +9,17 @@ import os
 import subprocess
 import sys
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ENCODER, compose_config
+from conftest import TINY_ENCODER, compose_config, untrained_checkpoint
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from segsweep.data.synthetic import render_shapes
 from segsweep.predict import PredictionError, Preprocess, predict
 from segsweep.tasks import load_task
-from segsweep.train import build_datamodule, build_task, train
+from segsweep.train import train
 
 SMALL = ["model=unet", "+model.decoder_channels=[16,8,8,8,8]"]  # a decoder that costs little on 2 CPU cores
 SIZES = {"wide": (50, 70), "odd": (97, 130)}  # (H, W): no multiple of any output stride
@@ -38,12 +37,7 @@ def untrained(tmp_path_factory, name: str, *overrides: str) -> str:
     """A checkpoint as training writes it, of a task not trained: predicting needs no good weights
     and a fit per task kind would cost seconds each."""
     out, cfg = composed(tmp_path_factory, name, *overrides)
-    task = build_task(cfg, build_datamodule(cfg))
-    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
-                  "pytorch-lightning_version": L.__version__}
-    task.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, out / "untrained.ckpt")
-    return str(out / "untrained.ckpt")
+    return untrained_checkpoint(cfg, out / "untrained.ckpt")
 
 
 @pytest.fixture(scope="module")

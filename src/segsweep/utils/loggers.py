@@ -6,7 +6,6 @@ import netrc
 import os
 from urllib.parse import urlparse
 
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -21,14 +20,11 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_logger(
-    save_dir: str, offline: bool | None = None, job_type: str | None = None, **kwargs
-) -> WandbLogger:
+def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs) -> WandbLogger:
     """A ``WandbLogger``; ``offline=None`` decides from ``WANDB_MODE`` and the credentials found.
 
     Offline runs are written under ``save_dir/wandb`` and can be uploaded later with
-    ``wandb sync <dir>``. ``job_type`` (W&B's filter between training and evaluation runs)
-    defaults to the Hydra job's name: ``train`` for segsweep-train, ``eval`` for segsweep-eval.
+    ``wandb sync <dir>``. Other keyword arguments go to ``wandb.init`` (e.g. ``job_type``).
     """
     mode = os.environ.get("WANDB_MODE")
     if offline is None:
@@ -42,9 +38,7 @@ def wandb_logger(
     os.makedirs(save_dir, exist_ok=True)
     if kwargs.get("tags"):  # W&B refuses tags over 64 characters; the full overrides stay in the config
         kwargs["tags"] = [shorten_tag(str(tag)) for tag in kwargs["tags"]]
-    if job_type is None and HydraConfig.initialized():
-        job_type = HydraConfig.get().job.name
-    return WandbLogger(save_dir=save_dir, offline=offline, job_type=job_type, **kwargs)
+    return WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
 
 
 WANDB_TAG_LIMIT = 64
