@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import zlib
+from types import SimpleNamespace
 
 import albumentations as A
 import numpy as np
@@ -11,11 +13,11 @@ import torch
 from PIL import Image
 
 from segsweep.data import FolderDataset, SegmentationDataModule
-from segsweep.data.datamodule import pad_collate
+from segsweep.data.datamodule import SameSizeBatches, pad_collate
 
 
 def write_pair(root, stem, size=(24, 32), mask_values=(0, 255), channels=3, mask_size=None):
-    rng = np.random.default_rng(abs(hash(stem)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(stem.encode()))  # the same in every process (hash() is not)
     (root / "images").mkdir(exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
     shape = (*size, channels) if channels > 1 else size
@@ -173,3 +175,70 @@ def test_context_slices_need_a_stack(tmp_path):
                                 splits={"train": {}, "val": {}}, context_slices=1)
     with pytest.raises(ValueError, match="context_slices needs a dataset of consecutive slices"):
         _ = dm.in_channels
+
+
+SIZES = {"a": (24, 32), "b": (16, 16), "c": (24, 32), "d": (16, 16), "e": (24, 32), "f": (20, 16), "g": (24, 32)}
+
+
+def mixed_size_datamodule(tmp_path, eval_batch_size: int) -> SegmentationDataModule:
+    for stem, size in SIZES.items():
+        write_pair(tmp_path, stem, size=size)
+    return SegmentationDataModule(
+        dataset=functools.partial(folder, tmp_path),
+        splits={"train": {"split": "all"}, "val": {"split": "all"}},
+        eval_transform=A.Compose([A.Normalize()]),
+        eval_batch_size=eval_batch_size,
+    )
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_eval_batches_hold_one_image_size_and_every_image_once(tmp_path, world_size):
+    """7 images of 3 sizes: no batch pads one image up to another's size, no image repeats."""
+    seen = []
+    for rank in range(world_size):
+        dm = mixed_size_datamodule(tmp_path, eval_batch_size=2)
+        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        for batch in dm.val_dataloader():
+            assert {SIZES[name] for name in batch["name"]} == {tuple(batch["image"].shape[-2:])}
+            assert len(batch["name"]) <= 2 and (batch["mask"] != 255).all()  # nothing padded
+            seen += batch["name"]
+    assert sorted(seen) == sorted(SIZES)
+
+
+def test_same_size_batches_by_hand():
+    sizes = [(2, 2), (3, 3), (2, 2), (2, 2), (3, 3)]
+    assert list(SameSizeBatches(range(5), 2, sizes.__getitem__)) == [[0, 2], [3], [1, 4]]
+    # rank 1 of 2 takes images 1 and 3
+    assert list(SameSizeBatches(range(5), 2, sizes.__getitem__, num_replicas=2, rank=1)) == [[1], [3]]
+    # batches of one need no sizes: nothing is loaded to find them
+    assert list(SameSizeBatches(range(3), 1, lambda i: 1 / 0)) == [[0], [1], [2]]
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        try:
+            raise OSError("truncated PNG")
+        except OSError as err:
+            raise ValueError(f"cannot read image file /data/img{index}.png: {err}") from err
+
+
+def test_a_loader_worker_error_is_described_by_its_file_and_reason():
+    """What the leaderboard shows for a failed job: not torch's 'Caught ValueError in DataLoader
+    worker process 0. Original Traceback...' wrapper, but the error inside the worker."""
+    from segsweep.utils.errors import describe_error
+
+    with pytest.raises(ValueError) as caught:
+        next(iter(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))
+    assert str(caught.value).startswith("Caught ValueError in DataLoader worker process 0")
+    assert describe_error(caught.value) == (
+        "ValueError: cannot read image file /data/img0.png: truncated PNG (in DataLoader worker process 0)")
+    with pytest.raises(ValueError) as caught:
+        _Unreadable()[1]
+    assert describe_error(caught.value) == "ValueError: cannot read image file /data/img1.png: truncated PNG"
+    try:
+        raise RuntimeError("loading failed") from OSError("disk quota exceeded")
+    except RuntimeError as err:
+        assert describe_error(err) == "RuntimeError: loading failed (caused by OSError: disk quota exceeded)"

@@ -51,3 +51,34 @@ def test_ignored_pixels_change_nothing():
     a = compute([[0, 1, 0, 0]], target, ["a", "b"], binary=False)
     b = compute([[0, 1, 1, 1]], target, ["a", "b"], binary=False)
     assert a == b
+
+
+def reference(preds, target, n: int) -> dict[str, float]:
+    """From the definitions, over non-ignored pixels: IoU_c = TP/(TP+FP+FN), Dice_c =
+    2TP/(2TP+FP+FN), macro means over the classes present in prediction or target; accuracy =
+    share of pixels right."""
+    valid = target != IGNORE
+    p, t = preds[valid], target[valid]
+    out = {}
+    for c in range(n):
+        tp, fp, fn = ((p == c) & (t == c)).sum(), ((p == c) & (t != c)).sum(), ((p != c) & (t == c)).sum()
+        out[c] = (tp / (tp + fp + fn), 2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else None
+    present = [v for v in out.values() if v is not None]
+    return {"iou": sum(v[0] for v in present) / len(present), "dice": sum(v[1] for v in present) / len(present),
+            "acc": (p == t).mean(), **{f"iou/{c}": v[0] if v else math.nan for c, v in out.items()}}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_semantic_metrics_match_the_definition_on_random_maps(seed):
+    """4 classes, one never present, ~10% ignored pixels, two batches accumulated."""
+    gen = torch.Generator().manual_seed(seed)
+    preds = torch.randint(0, 3, (2, 2, 9, 7), generator=gen)
+    target = torch.randint(0, 3, (2, 2, 9, 7), generator=gen)
+    target[torch.rand(target.shape, generator=gen) < 0.1] = IGNORE
+    metrics = segmentation_metrics([str(c) for c in range(4)], IGNORE, binary=False)
+    for p, t in zip(preds, target, strict=True):
+        metrics.update(p, t)
+    got = {k: v.item() for k, v in metrics.compute().items()}
+    expected = reference(preds.numpy(), target.numpy(), 4)
+    for name, value in expected.items():
+        assert (math.isnan(got[name]) and math.isnan(value)) or got[name] == pytest.approx(value), name
