@@ -5,7 +5,6 @@ Returns the monitored metric so Hydra sweepers (Optuna) can optimise it.
 
 from __future__ import annotations
 
-import time
 from importlib.resources import files
 
 import hydra
@@ -15,13 +14,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from segsweep.callbacks import RunSummary
+from segsweep.callbacks.divergence import DivergenceStop
+from segsweep.callbacks.pruning import pruned_epoch, pruning_callback
 from segsweep.callbacks.run_summary import to_float
+from segsweep.callbacks.seeding import EpochSeed
 from segsweep.data.datamodule import SegmentationDataModule
 from segsweep.launch import launch, needs_launch
 from segsweep.resolvers import register as register_resolvers
 from segsweep.tasks import SegmentationTask
+from segsweep.utils.checkpoints import read_checkpoint
 from segsweep.utils.instantiate import instantiate_callbacks, instantiate_loggers
-from segsweep.utils.run import hydra_context, last_checkpoint, run_job, write_metrics_json
+from segsweep.utils.run import hydra_context, run_job, running_payload, write_metrics_json
 
 # The shipped configs: conf/, packaged as segsweep.conf, found by import from a checkout or a wheel.
 CONFIG_DIR = str(files("segsweep.conf"))
@@ -35,6 +38,7 @@ def build_datamodule(cfg: DictConfig) -> SegmentationDataModule:
         cfg.data,
         train_transform=instantiate(cfg.augment.train, _convert_="all"),
         eval_transform=instantiate(cfg.augment.eval, _convert_="all"),
+        seed=cfg.get("seed", 0),
         _convert_="all",
     )
 
@@ -60,10 +64,12 @@ def build_task(cfg: DictConfig, datamodule: SegmentationDataModule) -> Segmentat
 def build_trainer(cfg: DictConfig, summary: RunSummary) -> L.Trainer:
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
-    return instantiate(cfg.trainer, callbacks=[*callbacks, summary], logger=loggers or False)
+    callbacks += [summary, EpochSeed(cfg.get("seed", 0)), DivergenceStop()]
+    callbacks += [c for c in [pruning_callback(cfg.optimized_metric)] if c]  # only in an Optuna trial
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
-def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSummary, started: float) -> dict:
+def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSummary) -> dict:
     """The metrics.json payload: final and best values of every metric, and how the run went."""
     checkpoint = trainer.checkpoint_callback
     return {
@@ -79,7 +85,9 @@ def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSumma
         "params": sum(p.numel() for p in task.parameters()),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "wall_time_s": time.time() - started,
+        "wall_time_s": summary.wall_seconds,  # all attempts of a resumed run
+        "attempts": summary.attempts,
+        "resumed_with_changes": OmegaConf.to_container(cfg.job_changes) if cfg.get("job_changes") else {},
         "images_per_second": summary.images_per_second,
         **hydra_context(cfg),
         "history": summary.history,
@@ -87,20 +95,29 @@ def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSumma
 
 
 def train(cfg: DictConfig) -> dict:
-    started = time.time()
+    """Fit, then test the best checkpoint; write and return the metrics.json payload.
+
+    ``cfg.resume_ckpt`` (set by ``run_job`` for an interrupted attempt of this job dir) or the
+    user's ``ckpt_path`` is where training resumes.
+    """
     L.seed_everything(cfg.seed, workers=True)
+    resume = cfg.get("resume_ckpt") or cfg.get("ckpt_path")
+    if resume:
+        read_checkpoint(resume, head_only=True)  # a clear error naming the file, before any work
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule)
-    summary = RunSummary()
+    summary = RunSummary(on_epoch_end=lambda s: write_metrics_json(
+        cfg.paths.output_dir, running_payload(cfg, epochs=len(s.history), best=s.best(), history=s.history)))
     trainer = build_trainer(cfg, summary)
     if cfg.get("train", True):
-        # Resume an interrupted attempt of this same job (SLURM requeue) from its last checkpoint.
-        resume = cfg.get("ckpt_path") or last_checkpoint(cfg.paths.output_dir)
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=False)
-    if cfg.get("test", True):
+    pruned_at = pruned_epoch(trainer)  # an Optuna trial its pruner stopped: not worth testing
+    if cfg.get("test", True) and pruned_at is None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
-    result = summarize(cfg, trainer, task, summary, started)
+    result = summarize(cfg, trainer, task, summary)
+    if pruned_at is not None:
+        result.update(status="pruned", pruned_at_epoch=pruned_at)
     path = write_metrics_json(cfg.paths.output_dir, result)
     monitor = cfg.optimized_metric
     value = result["best"].get(monitor, result["final"].get(monitor))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -25,21 +26,41 @@ class RunSummary(L.Callback):
     """Records every validation epoch's metrics and the training images/s (validation excluded).
 
     ``best()`` gives each metric's best value over epochs (max, or min for losses and errors).
+    Its state (history, throughput, attempts, wall time) is saved in checkpoints, so a resumed run's
+    summary covers the whole run.
     """
 
-    def __init__(self):
+    def __init__(self, on_epoch_end: Callable[[RunSummary], None] | None = None):
         self.history: list[dict] = []
         self.train_images = 0
         self.train_seconds = 0.0
+        # Earlier attempts of this job (a resume restores them from the checkpoint).
+        self.attempts = 1
+        self.earlier_wall_seconds = 0.0
+        self._attempt_start = time.time()
         self._epoch_start = 0.0
         self._val_start = 0.0
         self._val_seconds = 0.0
+        self._in_epoch = False
+        self._loss_sum, self._loss_images = torch.zeros(()), 0
+        self.on_epoch_end = on_epoch_end  # e.g. write a "running" metrics.json after each epoch
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time of all attempts: earlier ones up to their last checkpoint, plus this one."""
+        return self.earlier_wall_seconds + time.time() - self._attempt_start
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._epoch_start, self._val_seconds = time.perf_counter(), 0.0
+        self._epoch_start, self._val_seconds, self._in_epoch = time.perf_counter(), 0.0, True
+        self._loss_sum, self._loss_images = torch.zeros((), device=pl_module.device), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.train_images += batch["image"].shape[0] * trainer.world_size
+        size = batch["image"].shape[0]
+        self.train_images += size * trainer.world_size
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # summed on the device: no sync per step
+            self._loss_sum += loss.detach().float() * size
+            self._loss_images += size
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._val_start = time.perf_counter()
@@ -48,19 +69,54 @@ class RunSummary(L.Callback):
         self._val_seconds += time.perf_counter() - self._val_start
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.train_seconds += time.perf_counter() - self._epoch_start - self._val_seconds
+        self.train_seconds += self._epoch_train_seconds()
+        self._in_epoch = False
+
+    def _epoch_train_seconds(self) -> float:
+        return time.perf_counter() - self._epoch_start - self._val_seconds if self._in_epoch else 0.0
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        # Per-step values ("..._step") are noise at epoch level; their epoch means are kept.
+        # Lightning aggregates the epoch's train/* logs only after every on_train_epoch_end hook
+        # (and the checkpoint): at this point they still hold the previous epoch's values. So the
+        # row takes eval metrics from Lightning and this epoch's mean training loss from its own sums.
         row.update({
             k.removesuffix("_epoch"): to_float(v)
             for k, v in trainer.callback_metrics.items()
-            if not k.startswith("test/") and not k.endswith("_step")
+            if not k.startswith(("test/", "train/")) and not k.endswith("_step")
         })
+        if trainer.training and self._loss_images:
+            total = trainer.strategy.reduce(self._loss_sum.clone(), reduce_op="sum")
+            images = trainer.strategy.reduce(torch.tensor(float(self._loss_images), device=total.device),
+                                             reduce_op="sum")
+            row["train/loss"] = to_float(total / images)
         self.history.append(row)
+        if self.on_epoch_end is not None and trainer.is_global_zero:
+            self.on_epoch_end(self)
+
+    # A resumed run continues this history: Lightning saves it in every checkpoint.
+    def state_dict(self) -> dict:
+        return {
+            "history": self.history, "train_images": self.train_images,
+            # The checkpoint is written before on_train_epoch_end: count the epoch's time so far.
+            "train_seconds": self.train_seconds + self._epoch_train_seconds(),
+            "attempts": self.attempts, "wall_seconds": self.wall_seconds,
+        }
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._stage = stage
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning restores callbacks for test(ckpt_path=best) too: that must not rewind the history.
+        if getattr(self, "_stage", "fit") != "fit":
+            return
+        self.history = list(state.get("history", []))
+        self.train_images = int(state.get("train_images", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.attempts = int(state.get("attempts", 1)) + 1
+        self.earlier_wall_seconds = float(state.get("wall_seconds", 0.0))
 
     def final(self) -> dict[str, float]:
         """The last validation epoch's values."""

@@ -56,7 +56,12 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> RawSample:
         raise NotImplementedError
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        # An (index, seed) key (segsweep.data.sampling.EpochSampler) fixes this sample's
+        # augmentation, whichever worker or rank loads it.
+        index, augment_seed = key if isinstance(key, tuple) else (key, None)
+        if augment_seed is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(augment_seed)
         sample = self.load(index)
         image, masks = sample.image, [sample.mask]
         if sample.instances is not None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from segsweep.utils.jobdir import process_alive
+
 METRICS_FILE = "metrics.json"  # as segsweep.utils.run writes it (not imported: it pulls lightning)
 JOB_DIR = re.compile(r"^(\d+)_")  # Hydra sweep subdirs: <job num>_<run name>
 # Override values Hydra sweeps over: a,b,c (not a [list]) or a sweep function.
@@ -78,9 +80,11 @@ def find_job_dirs(sweep_dir: str | Path) -> list[Path]:
 
 
 def load_job(job_dir: Path, finished: bool = False) -> Job:
-    """A job from its dir. Without a readable metrics.json it is ``running``, or ``missing`` once
-    the sweep has ``finished`` (the job died without writing one)."""
-    pending = "missing" if finished else "running"
+    """A job from its dir, with its status: ``completed``, ``failed``, ``pruned``, ``running``, or
+    ``interrupted`` (its process is gone: killed, preempted). A ``running`` metrics.json whose
+    process no longer exists on this host, or any unfinished job once the sweep has ``finished``,
+    is interrupted; a job on another host still running cannot be told from a dead one until then."""
+    pending = "interrupted" if finished else "running"
     hydra_overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml")
     stub = {"overrides": hydra_overrides if isinstance(hydra_overrides, list) else []}
     path = job_dir / METRICS_FILE
@@ -94,12 +98,48 @@ def load_job(job_dir: Path, finished: bool = False) -> Job:
         return Job(job_dir, {**stub, "error": f"unexpected {METRICS_FILE} content"}, pending)
     data.setdefault("overrides", stub["overrides"])
     status = data.get("status") or ("completed" if "final" in data else "unknown")  # old files
+    if status == "running" and (finished or process_alive(data.get("host"), data.get("pid")) is False):
+        status = "interrupted"
     return Job(job_dir, data, str(status))
 
 
 def load_jobs(sweep_dir: str | Path, finished: bool = False) -> list[Job]:
-    """Every job of the sweep, in job order (see :func:`find_job_dirs`, :func:`load_job`)."""
-    return [load_job(d, finished) for d in find_job_dirs(sweep_dir)]
+    """Every job of the sweep, in job order (see :func:`find_job_dirs`, :func:`load_job`), then the
+    jobs the sweep planned that have no dir yet, as ``not started``."""
+    jobs = [load_job(d, finished) for d in find_job_dirs(sweep_dir)]
+    started = {job.num for job in jobs}
+    for num, overrides in enumerate(planned_jobs(sweep_dir)):
+        if num not in started:
+            jobs.append(Job(Path(sweep_dir) / f"{num}_(not started)", {"job_num": num, "overrides": overrides},
+                            "not started"))
+    return jobs
+
+
+def planned_jobs(sweep_dir: str | Path) -> list[list[str]]:
+    """The override lists of every job the sweep's config (multirun.yaml) asks for.
+
+    A grid sweep (Hydra's basic sweeper) is expanded as Hydra expands it; a search with
+    ``n_trials`` plans that many jobs (overrides unknown until sampled). Empty when unknown.
+    """
+    config = _read_yaml(Path(sweep_dir) / "multirun.yaml")
+    hydra = config.get("hydra") if isinstance(config, dict) else None
+    if not isinstance(hydra, dict):
+        return []
+    sweeper = hydra.get("sweeper") or {}
+    if isinstance(sweeper.get("n_trials"), int):
+        return [[] for _ in range(sweeper["n_trials"])]
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return []
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # Hydra's own expansion
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    overrides = [*params, *((hydra.get("overrides") or {}).get("task") or [])]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except Exception:  # an override this Hydra cannot parse: report what is on disk only
+        return []
 
 
 def read_sweep_info(sweep_dir: str | Path) -> SweepInfo:

@@ -29,6 +29,7 @@ from torch import nn
 from segsweep.inference import Prediction, Predictor
 from segsweep.losses import build_loss
 from segsweep.metrics import segmentation_metrics
+from segsweep.utils.checkpoints import read_checkpoint
 
 EVAL_STAGES = ("val", "test")
 
@@ -201,9 +202,7 @@ def load_task(
     The encoder's pretrained-weights source is switched off: the checkpoint's own weights replace
     them at once, and loading must not need the network.
     """
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    if "segsweep_task" not in checkpoint:
-        raise ValueError(f"{ckpt_path} is not a segsweep checkpoint (no 'segsweep_task' entry)")
+    checkpoint = read_checkpoint(ckpt_path, map_location=map_location)  # names the file if unusable
     task_class = get_class(checkpoint["segsweep_task"])
     model = dict(checkpoint["hyper_parameters"]["model"])
     model.update({k: None for k in ("encoder_weights", "weights_path") if k in model})

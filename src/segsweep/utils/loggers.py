@@ -1,12 +1,15 @@
-"""Weights & Biases that never prompts: online with credentials, offline (syncable) without."""
+"""Loggers: W&B that never prompts (online with credentials, offline without), CSV that resumes."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -50,3 +53,28 @@ def shorten_tag(tag: str) -> str:
         return tag
     keep = WANDB_TAG_LIMIT - 1
     return tag[: keep // 2] + "…" + tag[-(keep - keep // 2):]
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; this one appends to it."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose resumed job goes on in the same ``metrics.csv`` (with ``version: 0``).
+
+    Lightning's own logger starts the file over when the version dir exists, which would drop the
+    epochs of the attempts before a kill.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -13,7 +15,10 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from segsweep.utils.errors import describe_error
+from segsweep.utils.jobdir import plan_job, stored_value, write_json_atomic
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -34,20 +39,20 @@ def hydra_context(cfg: DictConfig | None = None) -> dict:
     }
 
 
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """``checkpoints/last.ckpt`` of a job dir, if a previous attempt (a requeue) left one."""
-    path = Path(output_dir) / "checkpoints" / "last.ckpt"
-    return str(path) if path.is_file() else None
-
-
 @rank_zero_only
 def write_metrics_json(output_dir: str | Path, payload: dict) -> Path:
     path = Path(output_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     # NaN is not JSON: write null so any reader can parse the file.
     clean = json.loads(json.dumps(payload, default=str).replace("NaN", "null"))
-    path.write_text(json.dumps(clean, indent=2, sort_keys=False) + "\n")
+    write_json_atomic(path, clean)  # a kill mid-write never leaves half a metrics.json
     return path
+
+
+def running_payload(cfg: DictConfig, **extra) -> dict:
+    """metrics.json while a job runs: who runs it (host, pid: a dead pid means interrupted)."""
+    return {"status": "running", "run_name": cfg.get("run_name"), "monitor": cfg.get("optimized_metric"),
+            "host": socket.gethostname(), "pid": os.getpid(), "attempt": cfg.get("attempt", 1),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), **hydra_context(cfg), **extra}
 
 
 def _finish_wandb(exit_code: int) -> None:
@@ -61,14 +66,27 @@ def _finish_wandb(exit_code: int) -> None:
 
 
 def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run one job; on failure write a ``failed`` metrics.json with the error.
+    """Run one job in its dir; never lose or overwrite a result (see ``segsweep.utils.jobdir``).
 
-    In a multirun the failure is logged and the sweep goes on (the job's value is NaN, which
-    Optuna records as a failed trial); a single run re-raises so the user sees the error. The W&B
-    run is always finished so nothing leaks into the next job of a sweep.
+    A dir that completed before returns its stored value without running (a re-run sweep gets the
+    right number); an interrupted one resumes; another config is refused. On failure a ``failed``
+    metrics.json records the error: in a multirun the sweep goes on (the job's value is NaN, which
+    the Optuna sweeper records as a failed trial); a single run re-raises. The W&B run is always
+    finished so nothing leaks into the next job of a sweep.
     """
     started = time.time()
     context = hydra_context(cfg)
+    if not cfg.get("launch_job"):  # DDP ranks (segsweep.launch) run what their parent planned
+        plan = plan_job(cfg)
+        if plan.action == "skip":
+            value = stored_value(plan.stored, cfg.get("optimized_metric"))
+            log.info("%s already %s (value %s): not run again (rerun=all to force)",
+                     cfg.paths.output_dir, plan.stored.get("status"), value)
+            return {**plan.stored, "value": value}
+        with open_dict(cfg):
+            cfg.resume_ckpt, cfg.run_id, cfg.attempt = plan.resume_ckpt, plan.run_id, plan.attempt
+            cfg.job_changes = plan.changes
+        write_metrics_json(cfg.paths.output_dir, running_payload(cfg))
     try:
         result = job(cfg)
         _finish_wandb(0)
@@ -77,7 +95,7 @@ def run_job(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
         _finish_wandb(1)
         payload = {
             "status": "failed",
-            "error": f"{type(err).__name__}: {err}",
+            "error": describe_error(err),  # the root cause, not a wrapper's text
             "traceback": traceback.format_exc(),
             "run_name": cfg.get("run_name"),
             "monitor": cfg.get("optimized_metric"),

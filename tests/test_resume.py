@@ -1,0 +1,253 @@
+"""Never lose a result: real processes killed with SIGKILL, resumed, re-run; job dirs of one config.
+
+Expected values come from a second, uninterrupted run of the same command (CPU runs are
+bit-reproducible), never from the resumed run itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+# Random crops and flips on (augment=default): the resumed epochs must see the same ones.
+TINY = ["trainer=cpu", "data.dataset.image_size=64", "data.splits.train.num_images=8",
+        "data.splits.val.num_images=4", "data.splits.test.num_images=4", "data.batch_size=4",
+        "augment.crop_size=48", "model.base_width=8", "model.depth=3", "callbacks=default", "~callbacks.progress_bar",
+        "~callbacks.image_logger", "logger=csv", "+trainer.enable_model_summary=false"]
+
+
+def command(*args: str, module: str = "segsweep.train") -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def environment(tmp_path: Path) -> dict:
+    return {**os.environ, "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def run(tmp_path: Path, *args: str, ok: bool = True, module: str = "segsweep.train") -> subprocess.CompletedProcess:
+    done = subprocess.run(command(*args, module=module), cwd=tmp_path, env=environment(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    if ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def kill_when(tmp_path: Path, args: list[str], ready, timeout: float = 300) -> None:
+    """Start the command in its own process group; SIGKILL the whole group once ``ready()``."""
+    process = subprocess.Popen(command(*args), cwd=tmp_path, env=environment(tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "timed out waiting to kill the run"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def metrics(job_dir: Path) -> dict:
+    try:
+        return json.loads((job_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def epochs_done(job_dir: Path) -> int:
+    """Validation epochs recorded by the running job (its metrics.json is rewritten each epoch)."""
+    return len(metrics(job_dir).get("history") or [])
+
+
+def weights(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def same_run(resumed: dict, reference: dict) -> None:
+    """Everything but timings is equal, exactly."""
+    assert resumed["history"] == reference["history"]
+    assert resumed["best"] == reference["best"] and resumed["final"] == reference["final"]
+    assert (resumed["epochs"], resumed["global_step"]) == (reference["epochs"], reference["global_step"])
+
+
+def test_a_killed_run_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
+    args = [*TINY, "trainer.max_epochs=5"]
+    run(tmp_path, *args, f"hydra.run.dir={tmp_path / 'straight'}")
+    killed = tmp_path / "killed"
+    kill_when(tmp_path, [*args, f"hydra.run.dir={killed}"], lambda: epochs_done(killed) >= 2)
+    assert metrics(killed)["status"] == "running"
+    run(tmp_path, *args, f"hydra.run.dir={killed}")
+
+    resumed, reference = metrics(killed), metrics(tmp_path / "straight")
+    assert resumed["status"] == "completed" and resumed["attempts"] == 2
+    same_run(resumed, reference)
+    assert [row["epoch"] for row in resumed["history"]] == [0, 1, 2, 3, 4]
+    assert resumed["wall_time_s"] > 0
+    for a, b in zip(weights(killed / "checkpoints" / "last.ckpt").values(),
+                    weights(tmp_path / "straight" / "checkpoints" / "last.ckpt").values(), strict=True):
+        assert torch.equal(a, b)
+    # The CSV logger went on in the same file: one version dir holding every epoch's validation row
+    # (the epoch the kill cut short was logged by both attempts).
+    assert [p.name for p in (killed / "csv").iterdir()] == ["version_0"]
+    rows = (killed / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    epochs = [line.split(",")[header.index("epoch")] for line in rows[1:]
+              if line.split(",")[header.index("val/iou")]]
+    assert sorted(set(epochs)) == ["0", "1", "2", "3", "4"] and len(epochs) <= 6
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_a_changed_config_is_refused(tmp_path):
+    job = tmp_path / "job"
+    args = [*TINY, "trainer.max_epochs=1", f"hydra.run.dir={job}"]
+    run(tmp_path, *args)
+    before = {name: (job / name).read_bytes() for name in ("metrics.json", "job.json")}
+    ckpt_time = (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+
+    again = run(tmp_path, *args)
+    assert "not run again" in again.stdout + again.stderr
+    assert {name: (job / name).read_bytes() for name in before} == before
+    assert (job / "checkpoints" / "last.ckpt").stat().st_mtime_ns == ckpt_time
+
+    refused = run(tmp_path, *args, "optimizer.lr=0.01", ok=False)
+    assert refused.returncode != 0
+    assert "optimizer.lr" in refused.stderr and "another configuration" in refused.stderr
+    assert (job / "metrics.json").read_bytes() == before["metrics.json"]
+
+    # Forced: trains again, and the first results are kept under previous/.
+    run(tmp_path, *args, "optimizer.lr=0.01", "rerun=all")
+    moved = list((job / "previous").glob("*/metrics.json"))
+    assert len(moved) == 1 and moved[0].read_bytes() == before["metrics.json"]
+    assert metrics(job)["status"] == "completed" and "optimizer.lr=0.01" in metrics(job)["overrides"]
+
+
+def test_more_epochs_extend_a_finished_run_and_are_recorded(tmp_path):
+    job = tmp_path / "job"
+    # scheduler=none: a cosine schedule's length is its config (T_max), so it cannot be extended.
+    base = [*TINY, "scheduler=none", f"hydra.run.dir={job}"]
+    run(tmp_path, *base, "trainer.max_epochs=1")
+    run(tmp_path, *base, "trainer.max_epochs=2")
+    extended = metrics(job)
+    assert extended["epochs"] == 2 and [row["epoch"] for row in extended["history"]] == [0, 1]
+    assert extended["resumed_with_changes"] == {"trainer.max_epochs": [1, 2]}
+    refused = run(tmp_path, *[*TINY, f"hydra.run.dir={job}", "trainer.max_epochs=3"], ok=False)
+    assert "scheduler" in refused.stderr  # the cosine default differs from scheduler=none
+
+
+def test_a_killed_sweep_rerun_keeps_finished_jobs_resumes_and_runs_the_rest(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.max_epochs=3", "loss=bce_dice,dice", "optimizer.lr=0.003,0.001",
+            f"hydra.sweep.dir={sweep}"]
+    jobs = lambda: sorted(p for p in sweep.glob("[0-9]*_*") if p.is_dir())  # noqa: E731
+
+    def two_done_third_checkpointed() -> bool:
+        found = jobs()
+        return (len(found) >= 3 and all(metrics(j).get("status") == "completed" for j in found[:2])
+                and epochs_done(found[2]) >= 1)
+
+    kill_when(tmp_path, args, two_done_third_checkpointed)
+    kept = {j.name: (j / "metrics.json").read_bytes() for j in jobs()[:2]}
+    partial = run(tmp_path, str(sweep), module="segsweep.reporting.cli")  # the killed job's pid is gone
+    board_before = (sweep / "leaderboard.csv").read_text() if (sweep / "leaderboard.csv").is_file() else ""
+    assert "interrupted" in board_before and "not started" in board_before, partial.stdout + partial.stderr
+
+    run(tmp_path, *args)
+    found = jobs()
+    assert len(found) == 4 and all(metrics(j)["status"] == "completed" for j in found)
+    assert {j.name: (j / "metrics.json").read_bytes() for j in found[:2]} == kept
+    assert metrics(found[2])["attempts"] == 2 and [r["epoch"] for r in metrics(found[2])["history"]] == [0, 1, 2]
+    board = (sweep / "leaderboard.csv").read_text()
+    assert board.count("completed") == 4
+
+    # A third run of the finished sweep: no job trains, every file and the leaderboard stay the same.
+    all_metrics = {j.name: (j / "metrics.json").read_bytes() for j in found}
+    run(tmp_path, *args)
+    assert {j.name: (j / "metrics.json").read_bytes() for j in found} == all_metrics
+    assert (sweep / "leaderboard.csv").read_text() == board
+
+
+BAD_FILES = {
+    "random bytes": lambda p: p.write_bytes(os.urandom(4096)),
+    "text": lambda p: p.write_text("not a checkpoint\n"),
+    "foreign torch file": lambda p: torch.save({"weights": torch.zeros(3)}, p),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run (job dir) to spoil copies of."""
+    root = tmp_path_factory.mktemp("trained")
+    run(root, *TINY, "trainer.max_epochs=2", f"hydra.run.dir={root / 'job'}")
+    return root / "job"
+
+
+def spoil(kind: str, path: Path, good: Path) -> None:
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    else:
+        BAD_FILES[kind](path)
+
+
+@pytest.mark.parametrize("kind", [*BAD_FILES, "truncated"])
+def test_every_entry_point_names_a_bad_checkpoint(tmp_path, trained, kind):
+    bad = tmp_path / "bad.ckpt"
+    spoil(kind, bad, trained / "checkpoints" / "last.ckpt")
+    for module, args in (("segsweep.eval", [f"ckpt_path={bad}"]),
+                         ("segsweep.predict", [f"ckpt_path={bad}", f"input={tmp_path}", f"output={tmp_path / 'out'}"]),
+                         ("segsweep.train", [*TINY, f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'run'}"])):
+        done = run(tmp_path, *args, f"hydra.run.dir={tmp_path / module}", module=module, ok=False)
+        assert done.returncode != 0
+        error = [line for line in done.stderr.splitlines() if "CheckpointError" in line or "checkpoint" in line]
+        assert error and str(bad) in error[-1], (module, done.stderr[-2000:])
+
+
+def test_a_broken_last_checkpoint_falls_back_then_names_the_file(tmp_path, trained):
+    import shutil
+
+    job = tmp_path / "job"
+    shutil.copytree(trained, job)
+    meta = metrics(job)
+    meta["status"] = "running"  # as a killed job leaves it
+    (job / "metrics.json").write_text(json.dumps(meta))
+    last = job / "checkpoints" / "last.ckpt"
+    spoil("truncated", last, trained / "checkpoints" / "last.ckpt")
+    # The best checkpoint is readable: the job resumes from it, with a warning naming last.ckpt.
+    done = run(tmp_path, *TINY, "trainer.max_epochs=2", f"hydra.run.dir={job}")
+    assert "last.ckpt" in done.stdout + done.stderr and metrics(job)["status"] == "completed"
+
+    for ckpt in (job / "checkpoints").glob("*.ckpt"):
+        spoil("text", ckpt, ckpt)
+    meta = metrics(job)
+    meta["status"] = "running"
+    (job / "metrics.json").write_text(json.dumps(meta))
+    done = run(tmp_path, *TINY, "trainer.max_epochs=2", f"hydra.run.dir={job}", ok=False)
+    assert done.returncode != 0 and "no readable checkpoint" in done.stderr and str(last) in done.stderr
+
+
+def test_predict_refuses_to_write_over_its_inputs(tmp_path, trained):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 40)).save(images / "a.png")
+    before = (images / "a.png").read_bytes()
+    done = run(tmp_path, f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"input={images}",
+               f"output={images}", f"hydra.run.dir={tmp_path / 'p'}", module="segsweep.predict", ok=False)
+    assert done.returncode != 0 and "would overwrite input" in done.stderr and str(images / "a.png") in done.stderr
+    assert (images / "a.png").read_bytes() == before
+
+
+def test_long_overrides_make_valid_wandb_tags():
+    from segsweep.utils.loggers import WANDB_TAG_LIMIT, shorten_tag
+
+    tag = "data.root=" + "/very/long/path" * 10 + "/isbi2012"
+    short = shorten_tag(tag)
+    assert len(short) == WANDB_TAG_LIMIT and short.startswith("data.root=/very") and short.endswith("/isbi2012")
+    assert shorten_tag("model=unet") == "model=unet"
