@@ -212,7 +212,7 @@ class InstanceSegmentationTask(SegmentationTask):
             from_labels(t, m if self.num_classes > 1 else None, ignore)
             for t, m in zip(batch["instances"].cpu().numpy(), masks, strict=True)
         ]
-        self.metrics[stage].update(preds, targets)
+        self.metrics[stage].update(preds, targets, keys=batch["name"])
         return torch.from_numpy(np.stack([p.labels for p in preds])).to(batch["instances"].device)
 
     # -- epoch ends: metrics and the post-processing time ------------------------------------------

@@ -76,6 +76,7 @@ def build_maskrcnn(
     anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128),
     score_threshold: float = 0.5,
     detections_per_image: int = 300,
+    min_score: float = 0.05,
     **kwargs,
 ) -> MaskRCNN:
     """A torchvision Mask R-CNN on a ResNet-FPN backbone, randomly initialised or from a file.
@@ -88,8 +89,11 @@ def build_maskrcnn(
         weights_path: a local state dict: a whole Mask R-CNN's (e.g. torchvision's COCO weights,
             saved) or an ImageNet ResNet's; never downloaded.
         anchor_sizes: one anchor size in pixels per FPN level (5 levels); small for nuclei.
-        score_threshold: detections kept (and pasted into the label image) above this score.
-        detections_per_image: at most this many instances per image.
+        score_threshold: display threshold: detections scoring at least this are pasted into the
+            label image (overlays, predictions, AJI/PQ/F1); mask AP ranks all detections.
+        detections_per_image: at most this many detections per image.
+        min_score: detections scored below this are dropped before AP (torchvision's default
+            0.05, as in its COCO evaluation: AP needs the low-score end of the ranking).
         **kwargs: other ``torchvision.models.detection.MaskRCNN`` arguments.
     """
     if backbone not in RESNETS:
@@ -112,7 +116,7 @@ def build_maskrcnn(
         body,
         num_classes=classes,
         rpn_anchor_generator=anchors,
-        box_score_thresh=score_threshold,
+        box_score_thresh=min_score,
         box_detections_per_img=detections_per_image,
         **kwargs,
     )
@@ -122,6 +126,7 @@ def build_maskrcnn(
     if weights_path:
         _load_weights(net, weights_path)
     net.output_stride = 32
+    net.score_threshold = score_threshold
     return net
 
 
@@ -204,7 +209,7 @@ class MaskRCNNTask(InstanceSegmentationTask):
             masks = (
                 det["masks"] if valid is None else det["masks"] * valid[i].to(det["masks"].dtype)
             )
-            found.append(paste_masks(masks, det["scores"], det["labels"]))
+            found.append(paste_masks(masks, det["scores"], det["labels"], score_threshold=self.net.score_threshold))
         device = detections[0]["masks"].device if detections else None
         return Prediction.from_instances(found, device=device)
 
