@@ -15,7 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import FAST, ROOT
+from hydra.core.global_hydra import GlobalHydra
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
@@ -93,6 +95,67 @@ def test_importing_segsweep_changes_no_global_state():
     assert {"join_name", "sweep_group", "task_labels"} <= set(report["entry point resolvers"])
 
 
+# -- a user's own config folder ---------------------------------------------------------------
+
+
+def user_configs(root: Path) -> Path:
+    """~/my-exps as a user writes it: an experiment overlay and a task config of their own name."""
+    (root / "experiment").mkdir(parents=True)
+    (root / "experiment" / "foo.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        defaults:
+          - override /loss: dice
+        model:
+          base_width: 8
+          depth: 2
+        seed: 7
+    """))
+    (root / "task").mkdir()
+    (root / "task" / "my_classes.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        task:
+          _target_: segsweep.tasks.SemanticSegmentationTask
+    """))
+    return root
+
+
+def run_app(monkeypatch, capsys, *args: str) -> str:
+    """``segsweep-train <args>`` in this process (for options that stop before training)."""
+    from segsweep.train import main
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["segsweep-train", *args])
+    try:
+        main()
+    except SystemExit as exit_:  # --help exits
+        assert exit_.code in (0, None)
+    finally:
+        GlobalHydra.instance().clear()
+    return capsys.readouterr().out
+
+
+def test_help_lists_config_groups_and_choices(monkeypatch, capsys, tmp_path):
+    shown = run_app(monkeypatch, capsys, "--config-dir", str(user_configs(tmp_path / "my-exps")), "--help")
+    assert "== Configuration groups ==" in shown
+    assert "task: binary, instance, my_classes, semantic" in shown  # the user's own choice too
+    assert "experiment: camvid, foo, instance_dsb2018" in shown
+    assert "logger: csv, none, tensorboard, wandb" in shown and "model: classic_unet, deeplabv3," in shown
+
+
+@pytest.mark.parametrize("how", ["config-dir", "searchpath"])
+def test_a_user_config_folder_composes_with_the_shipped_one(monkeypatch, capsys, tmp_path, how):
+    """``--config-dir ~/my-exps`` or ``hydra.searchpath=[file://~/my-exps]``: the user's experiment
+    and task overlay the shipped groups; the built-in data follows the task's class, not its
+    config's file name."""
+    folder = user_configs(tmp_path / "my-exps")
+    where = ["--config-dir", str(folder)] if how == "config-dir" else [f"hydra.searchpath=[file://{folder}]"]
+    composed = yaml.safe_load(run_app(monkeypatch, capsys, *where, "experiment=foo", "task=my_classes",
+                                      "--cfg", "job", "--resolve"))
+    assert composed["seed"] == 7 and composed["model"]["base_width"] == 8
+    assert composed["loss"]["_target_"].endswith("DiceLoss") and composed["run_name"] == "classic_unet-dice"
+    assert composed["data"]["dataset"]["target"] == "semantic"
+
+
 # -- the wheel ----------------------------------------------------------------------------------
 
 
@@ -129,6 +192,9 @@ def installed(tmp_path_factory) -> Path:
     return venv / "bin"
 
 
+# Measured: the three tests below took 178 s together on 2 busy cores (wheel build + install 46 s,
+# each segsweep-train start ~10 s): over the 30 s of the default run, so marked slow.
+@pytest.mark.slow
 def test_wheel_ships_every_config(installed):
     """Every YAML file of conf/ is in the wheel, under segsweep/conf/."""
     wheel = next(installed.parent.parent.glob("dist/segsweep-*.whl"))
@@ -144,6 +210,7 @@ def run_installed(installed: Path, cwd: Path, *args: str) -> subprocess.Complete
     return out
 
 
+@pytest.mark.slow
 def test_installed_train_runs_from_any_directory(installed, tmp_path):
     """``segsweep-train`` of the wheel trains from a folder outside the checkout, writing its
     outputs there (default data, model and loss from the shipped configs)."""
@@ -155,33 +222,17 @@ def test_installed_train_runs_from_any_directory(installed, tmp_path):
     assert 0 <= metrics["final"]["test/iou"] <= 1
 
 
+@pytest.mark.slow
 def test_installed_train_composes_a_user_config_dir(installed, tmp_path):
-    """``--config-dir ~/my-exps experiment=foo``: the user's experiment overlays the shipped
-    groups; the same folder given as ``hydra.searchpath`` composes the same way; ``--help`` lists
-    the groups and choices, the user's experiment among them."""
-    experiments = tmp_path / "my-exps" / "experiment"
-    experiments.mkdir(parents=True)
-    (experiments / "foo.yaml").write_text(textwrap.dedent("""\
-        # @package _global_
-        defaults:
-          - override /loss: dice
-        model:
-          base_width: 8
-          depth: 2
-        seed: 7
-    """))
+    """``--config-dir ~/my-exps experiment=foo`` with the wheel: the user's experiment overlays the
+    shipped groups and trains; ``--help`` lists the shipped groups and the user's choices."""
+    user_configs(tmp_path / "my-exps")
     run_installed(installed, tmp_path, "--config-dir", "my-exps", "experiment=foo", *FAST)
     (job,) = tmp_path.glob("outputs/runs/*/*")
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["run_name"] == "classic_unet-dice"
     assert metrics["choices"]["experiment"] == "foo"
     assert "seed: 7" in (job / ".hydra" / "config.yaml").read_text()
-
-    searchpath = f"hydra.searchpath=[file://{tmp_path / 'my-exps'}]"
-    composed = run_installed(installed, tmp_path, searchpath, "experiment=foo", "--cfg", "job").stdout
-    assert "base_width: 8" in composed and "seed: 7" in composed
-
     shown = run_installed(installed, tmp_path, "--config-dir", "my-exps", "--help").stdout
     assert "experiment: camvid, foo, instance_dsb2018" in shown
-    assert "task: binary, instance, semantic" in shown
-    assert "logger: csv, none, tensorboard, wandb" in shown
+    assert "task: binary, instance, my_classes, semantic" in shown
