@@ -426,3 +426,25 @@ def test_mask_rcnn_detections_are_ranked_for_ap_beyond_the_display_threshold():
     got = metric_values(images)
     assert got["ap50"] == pytest.approx(1.0) and coco_reference(images)[1] == pytest.approx(1.0)
     assert got["recall"] == 0.5  # the label image holds only the detection above 0.5
+
+
+def test_an_undefined_ap_is_null_in_metrics_json_and_never_ranked(tmp_path):
+    """A job whose AP is undefined (NaN: no true object) ranks below a job with AP 0, unranked."""
+    import json
+
+    import yaml
+
+    from segsweep.reporting import collect
+    from segsweep.utils.run import write_metrics_json
+
+    for num, ap50 in ((0, math.nan), (1, 0.0)):
+        job = tmp_path / f"{num}_job"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={num}"]))
+        history = [{"epoch": 0, "step": 1, "val/ap50": ap50}]
+        write_metrics_json(job, {"status": "completed", "monitor": "val/ap50", "final": {"val/ap50": ap50},
+                                 "best": {}, "history": history, "job_num": num, "overrides": [f"seed={num}"]})
+    assert json.loads((tmp_path / "0_job" / "metrics.json").read_text())["final"]["val/ap50"] is None
+    table = collect(tmp_path, metric="val/ap50", mode="max")
+    assert table["job"].tolist() == ["1_job", "0_job"]
+    assert table["rank"].tolist()[0] == 1 and table["rank"].isna().tolist() == [False, True]
