@@ -7,12 +7,23 @@ import os
 import subprocess
 import sys
 
-import pytest
-from conftest import TINY_ENCODER
-from omegaconf import OmegaConf
+import time
+from pathlib import Path
 
+import lightning as L
+import pytest
+import torch
+from conftest import TINY_ENCODER, compose_config
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from segsweep.data import SyntheticShapes
+from segsweep.data.base import RawSample
 from segsweep.eval import evaluate
-from segsweep.launch import local_process_count
+from segsweep.launch import launch, local_process_count
+from segsweep.train import build_datamodule, build_task
+from segsweep.utils.run import write_metrics_json
+
+TESTS = str(Path(__file__).resolve().parent)
 
 # Five test images in batches of two: the ranks get 3 and 2, so any padding would count twice.
 TINY = ["trainer.max_epochs=1", f"encoder={TINY_ENCODER}", "data.dataset.image_size=64",
@@ -21,11 +32,12 @@ TINY = ["trainer.max_epochs=1", f"encoder={TINY_ENCODER}", "data.dataset.image_s
         "callbacks.image_logger.every_n_epochs=1"]
 
 
-def run(*args, cwd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run(*args, cwd, expect_code=0):
+    # The ranks import this module for the test datasets below.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.returncode == expect_code, done.stdout[-2000:] + done.stderr[-4000:]
     return done
 
 
@@ -117,12 +129,117 @@ def test_eval_loaders_shard_without_repeats_under_ddp():
     import functools
     from types import SimpleNamespace
 
-    from segsweep.data import SegmentationDataModule, SyntheticShapes
+    from segsweep.data import SegmentationDataModule
 
     seen = []
     for rank in (0, 1):
         dm = SegmentationDataModule(dataset=functools.partial(SyntheticShapes, image_size=32),
                                     splits={"train": {"num_images": 4}, "val": {"num_images": 5}})
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
-        seen += list(dm.val_dataloader().sampler)
-    assert sorted(seen) == [0, 1, 2, 3, 4]
+        seen += [name for batch in dm.val_dataloader() for name in batch["name"]]
+    assert sorted(seen) == [f"synthetic_0_{i:05d}" for i in range(5)]
+
+
+class MixedSizeShapes(SyntheticShapes):
+    """Synthetic shapes cut to a size that depends on the index: an eval set of mixed sizes."""
+
+    SIZES = ((64, 64), (40, 56), (64, 64), (48, 40), (40, 56))
+
+    def load(self, index: int) -> RawSample:
+        sample = super().load(index)
+        height, width = self.SIZES[index % len(self.SIZES)]
+        cut = [None if a is None else a[:height, :width] for a in (sample.image, sample.mask, sample.instances)]
+        return RawSample(cut[0], cut[1], sample.name, cut[2])
+
+
+class FailingShapes(SyntheticShapes):
+    """Rank 1 raises on its ``fail_after + 1``-th training sample, mid-epoch; rank 0 goes on."""
+
+    def __init__(self, *args, fail_after: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail_after, self.loaded = fail_after, 0
+
+    def load(self, index: int) -> RawSample:
+        self.loaded += 1
+        if self.fail_after is not None and os.environ.get("RANK") == "1" and self.loaded > self.fail_after:
+            raise ValueError(f"sample {index} of rank 1 is unreadable (a test failure)")
+        return super().load(index)
+
+
+# Five mixed-size validation images: batches of 3 hold 2 sizes, 2 ranks hold 3 and 2 images.
+MIXED = ["data.dataset._target_=test_distributed.MixedSizeShapes", "data.splits.val.num_images=5",
+         "augment.crop_size=32", "model.base_width=8", "trainer.max_epochs=25"]
+
+
+def validate(case: DictConfig, weights: str, eval_batch_size: int, devices: int) -> dict[str, float]:
+    """Every metric (losses and timings aside) of one validation of saved weights."""
+    with open_dict(case):
+        case.data.eval_batch_size = eval_batch_size
+    datamodule = build_datamodule(case)
+    task = build_task(case, datamodule)
+    task.load_state_dict(torch.load(weights))
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(task, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" not in k and "time" not in k}
+
+
+def validate_cases(cfg: DictConfig) -> dict:
+    """A DDP job (``segsweep.launch`` runs it on each rank): validate every saved case."""
+    final = {name: validate(OmegaConf.load(case.config), case.weights, 3, devices=2) for name, case in cfg.cases.items()}
+    result = {"status": "completed", "final": final}
+    write_metrics_json(cfg.paths.output_dir, result)
+    return result
+
+
+def test_metrics_do_not_depend_on_batching_sizes_or_ranks(tmp_path, monkeypatch):
+    """Binary, semantic and instance metrics on 5 mixed-size images: equal, to the last bit, with
+    eval_batch_size 1 or 3 and under DDP on 2 ranks (3 + 2 images: uneven shards)."""
+    cases, single = {}, {}
+    for name in ("binary", "semantic", "instance"):
+        cfg = compose_config(tmp_path / name, *MIXED, f"task={name}")
+        case = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        L.seed_everything(0)
+        datamodule = build_datamodule(case)
+        task = build_task(case, datamodule)
+        L.Trainer(**{k: v for k, v in case.trainer.items() if k != "_target_"}, logger=False,
+                  enable_checkpointing=False).fit(task, datamodule=datamodule)
+        cases[name] = {"config": str(tmp_path / f"{name}.yaml"), "weights": str(tmp_path / f"{name}.pt")}
+        OmegaConf.save(case, cases[name]["config"])
+        torch.save(task.state_dict(), cases[name]["weights"])
+        single[name] = validate(case, cases[name]["weights"], 1, devices=1)
+        print(name, single[name])
+        assert same(validate(case, cases[name]["weights"], 3, devices=1), single[name]), name
+    # Trained enough that the values say something: not all 0 or undefined.
+    assert 0 < single["binary"]["val/iou"] < 1 and 0 < single["semantic"]["val/iou"] < 1
+    assert 0 < single["instance"]["val/aji"] < 1 and single["instance"]["val/f1"] > 0
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
+    job = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, "cases": cases,
+                            "paths": {"output_dir": str(tmp_path / "ddp_job")}, "run_name": "ddp"})
+    ddp = launch(job, "test_distributed:validate_cases")["final"]
+    assert all(same(ddp[name], single[name]) for name in single), (ddp, single)
+
+
+def same(a: dict[str, float | None], b: dict[str, float | None]) -> bool:
+    """Equal, NaN (null in JSON) equal to itself."""
+    def plain(d):
+        return {k: None if v is None or v != v else v for k, v in d.items()}
+    return plain(a) == plain(b)
+
+
+def test_a_failing_rank_ends_the_job_with_its_own_error(tmp_path):
+    """Rank 1 raises mid-epoch while rank 0 would wait for it: the job ends within a bounded time and
+    metrics.json holds rank 1's error and traceback, not the launcher's."""
+    started = time.monotonic()
+    tiny = [arg for arg in TINY if not arg.startswith(("logger", "callbacks"))]
+    run("segsweep.train", "trainer=ddp_cpu", *tiny, "logger=none", "callbacks=none",
+        "data.dataset._target_=test_distributed.FailingShapes", "+data.splits.train.fail_after=3",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, expect_code=1)
+    assert time.monotonic() - started < 180
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed"
+    assert metrics["error"].startswith("rank 1: ValueError: sample") and "unreadable" in metrics["error"]
+    assert "test_distributed.py" in metrics["traceback"] and "in load" in metrics["traceback"]
+    rank_error = json.loads((tmp_path / "run" / "ddp" / "rank1.error.json").read_text())
+    assert rank_error["rank"] == 1 and "unreadable" in rank_error["traceback"]

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segsweep.data.base import SegmentationDataset
+from segsweep.data.sampling import EpochSampler
 
 STAGES = ("train", "val", "test")
 
@@ -20,8 +20,8 @@ STAGES = ("train", "val", "test")
 def pad_collate(batch: list[dict], ignore_index: int) -> dict:
     """Stack samples of different sizes: images padded with 0, masks with ``ignore_index``.
 
-    Validation and test run on whole images, which may differ in size within a batch; padded
-    pixels are ignored by the loss and the metrics, so they change no number.
+    Padded pixels are ignored by the loss and the metrics, but a padded image's logits differ
+    from its own (convolutions see the padding): evaluation loaders never pad (``SameSizeBatches``).
     """
     height = max(item["image"].shape[-2] for item in batch)
     width = max(item["image"].shape[-1] for item in batch)
@@ -33,6 +33,53 @@ def pad_collate(batch: list[dict], ignore_index: int) -> dict:
                 for item in batch
             ])
     return out
+
+
+class SameSizeBatches(DistributedSampler):
+    """Evaluation batches: each image on exactly one rank, batched only with images of its size.
+
+    Rank ``r`` of ``W`` takes images ``r, r + W, r + 2W, ...`` (no padding with repeats, which
+    would count images twice in synced metrics), then groups them by size in dataset order,
+    at most ``batch_size`` a batch. Padding a small image up to a bigger one's size would change
+    its logits (convolutions see the padding), and with them the metrics, whenever
+    ``eval_batch_size`` or the number of ranks changed. A ``DistributedSampler`` so that Lightning
+    keeps it as the sharding sampler; it yields lists of indices (the loader's ``batch_size`` is
+    ``None`` and its dataset a ``BatchView``).
+    """
+
+    def __init__(self, dataset, batch_size: int, size_of: Callable[[int], tuple[int, int]],
+                 num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        shard = list(range(rank, len(dataset), num_replicas))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in shard:  # batch size 1 needs no sizes (loading them costs a pass over the data)
+            groups.setdefault(size_of(index) if batch_size > 1 else (), []).append(index)
+        self.batches = [group[i : i + batch_size] for group in groups.values()
+                        for i in range(0, len(group), batch_size)]
+        self.num_samples = len(shard)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class BatchView(Dataset):
+    """A dataset indexed by lists of indices: ``view[[i, j]] == [dataset[i], dataset[j]]``."""
+
+    def __init__(self, dataset: SegmentationDataset):
+        self.dataset = dataset
+
+    @property
+    def transform(self):  # what seed_worker seeds in each loader worker
+        return self.dataset.transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: list[int]) -> list[dict]:
+        return [self.dataset[i] for i in indices]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -58,6 +105,7 @@ class SegmentationDataModule(L.LightningDataModule):
         add_coords: append normalised x/y pixel-coordinate channels of the original image.
         context_slices: 2.5D input for stacks of consecutive slices: slice s gets its ``k``
             neighbours on each side as extra channels (mirrored at the stack's ends).
+        seed: the training order and augmentations of epoch ``e`` follow from ``(seed, e)``.
     """
 
     def __init__(
@@ -73,6 +121,7 @@ class SegmentationDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         add_coords: bool = False,
         context_slices: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
         unknown = set(splits) - set(STAGES)
@@ -85,11 +134,13 @@ class SegmentationDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.pin_memory = pin_memory
         if context_slices < 0:
             raise ValueError(f"data.context_slices={context_slices} must be >= 0")
         self.input_options = {"add_coords": bool(add_coords), "context_slices": int(context_slices)}
         self.datasets: dict[str, SegmentationDataset] = {}
+        self._eval_sizes: dict[str, dict[int, tuple[int, int]]] = {}
 
     def build(self, stage: str, transform="default") -> SegmentationDataset:
         """The dataset of one split, built once (``transform`` overrides the split's pipeline)."""
@@ -139,19 +190,38 @@ class SegmentationDataModule(L.LightningDataModule):
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"
         dataset = self.build(stage)
+        if not train:
+            return self._eval_loader(stage, dataset)
         sampler = None
-        if not train and self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning's default DistributedSampler pads the last batch with repeated samples,
-            # which would count them twice in the synced metrics: shard without repeats instead.
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
-            )
+        if train:  # order and augmentations from (seed, epoch): resumed runs repeat them exactly
+            sampler = EpochSampler(len(dataset), self.seed, lambda: self.trainer.current_epoch if self.trainer else 0)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            pin_memory=self.pin_memory,
+            collate_fn=functools.partial(pad_collate, ignore_index=self.ignore_index),
+        )
+
+    def _eval_loader(self, stage: str, dataset: SegmentationDataset) -> DataLoader:
+        """Whole images, each on one rank, batched only with images of its own size."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sizes = self._eval_sizes.setdefault(stage, {})
+
+        def size_of(index: int) -> tuple[int, int]:
+            if index not in sizes:  # datasets do not say their sizes: load the image once
+                sizes[index] = tuple(dataset[index]["image"].shape[-2:])
+            return sizes[index]
+
+        batches = SameSizeBatches(dataset, self.eval_batch_size, size_of, num_replicas=world, rank=rank)
+        return DataLoader(
+            BatchView(dataset),
+            batch_size=None,  # the sampler yields whole batches
+            sampler=batches,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
