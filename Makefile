@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install train test test-slow lint clean
+.PHONY: help install train test test-slow lint wheel clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,11 +23,15 @@ train: install ## train the default: synthetic binary shapes, U-Net (ARGS="model
 test: install ## run the test suite (CPU, under 10 minutes on 2 cores)
 	$(BIN)/pytest -q $(ARGS)
 
-test-slow: install ## run the slow real-data checks (need ../shared/datasets)
+test-slow: install ## run the slow checks: real data (../shared/datasets), the wheel installed in a fresh venv
 	$(BIN)/pytest -q -m slow $(ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check src tests scripts
 
-clean: ## remove outputs (runs, sweeps) and caches
-	rm -rf outputs .pytest_cache
+wheel: install ## build dist/segsweep-*.whl (configs included) to `pip install` anywhere
+	rm -rf build  # setuptools would ship files left there by an older build
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
+
+clean: ## remove outputs (runs, sweeps), builds and caches
+	rm -rf outputs build dist .pytest_cache

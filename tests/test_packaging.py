@@ -95,6 +95,15 @@ def test_importing_segsweep_changes_no_global_state():
     assert {"join_name", "sweep_group", "task_labels"} <= set(report["entry point resolvers"])
 
 
+def test_checkout_reads_the_one_config_folder():
+    """From the checkout (the editable install), the packaged configs are conf/ itself, not a copy."""
+    from segsweep.losses.build import LOSS_CONF_DIR
+    from segsweep.train import CONFIG_DIR
+
+    assert Path(CONFIG_DIR).resolve() == ROOT / "conf"
+    assert Path(str(LOSS_CONF_DIR)).resolve() == ROOT / "conf" / "loss"
+
+
 # -- a user's own config folder ---------------------------------------------------------------
 
 
