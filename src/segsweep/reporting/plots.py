@@ -54,14 +54,19 @@ def metric_bars(df: pd.DataFrame) -> Figure | None:
     colours[-1] = BEST_COLOUR
     bars = ax.barh(labels, values, color=colours, xerr=_errors(done) if setups else None,
                    capsize=4, error_kw={"elinewidth": 1.2})
-    if setups:
-        for y, replicas in enumerate(done[f"{metric} per replica"]):
+    if setups:  # the replicas as dots, the mean written right of everything drawn for the row
+        for y, (_, row) in enumerate(done.iterrows()):
+            replicas = row[f"{metric} per replica"]
             ax.plot(replicas, [y] * len(replicas), "o", color="black", markersize=3, zorder=3)
-    ax.bar_label(bars, fmt="%.4f", padding=2, fontsize=8, label_type="center" if setups else "edge")
+            right = max(v for v in (*replicas, row["ci95 high"]) if v == v)  # v == v drops NaN
+            ax.annotate(f"{row[column]:.4f} (n={row['n']})", (right, y), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+    else:
+        ax.bar_label(bars, fmt="%.4f", padding=2, fontsize=8)
     ax.set_xlabel(f"{column} ({df.attrs['mode']} is better)")
     ax.set_title(f"{metric}: mean per set-up, 95% CI, replicas as dots (best in red, tied in orange)"
                  if setups else f"{metric} per job (best in red)")
-    ax.margins(x=0.15)
+    ax.margins(x=0.25 if setups else 0.15)
     return figure
 
 
