@@ -9,22 +9,29 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST, TINY_ENCODER
+from conftest import CONFIG_DIR, FAST, TINY_ENCODER
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from hydra_plugins.segsweep_optuna_sweeper._search import consecutive_blocks
 from hydra_plugins.segsweep_optuna_sweeper._search_space import grid_values, parse_search_space
+from hydra_plugins.segsweep_optuna_sweeper.sweeper import OptunaSweeper
 from segsweep.callbacks import DivergedError
 from segsweep.train import train
 from segsweep.utils.run import run_job
 
+GROUP_CHOICES = {group: [p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")]
+                 for group in ("loss", "model", "encoder")}
 # The search's own settings: tiny runs, no image logger, the study in the sweep dir's journal.
 SEARCH = ["hparams_search=optuna", *FAST, "data.splits.val.num_images=2", "hydra.sweeper.params=null"]
 
@@ -187,3 +194,37 @@ def test_parallel_trials_report_to_the_study_and_the_best_matches_the_leaderboar
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(board["best val/iou"].iloc[0])
     assert results["best_value"] == pytest.approx(max(t.value for t in trials))
+
+
+@pytest.mark.parametrize("search", ["optuna", "optuna_loss_weights"])
+@pytest.mark.parametrize("task", ["binary", "instance"])
+def test_shipped_searches_sample_existing_keys_and_optimise_the_tasks_metric(search, task):
+    """Each key of a shipped search space is in the composed config (a stale key would fail every
+    trial), and the study optimises the task's own metric in its monitor_mode direction."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("train", overrides=[f"hparams_search={search}", f"task={task}"], return_hydra_config=True)
+    sweeper = OptunaSweeper(**{k: v for k, v in cfg.hydra.sweeper.items() if k not in ("_target_", "_recursive_")})
+    sweeper.config = cfg
+    space, _ = parse_search_space(sweeper.space_overrides([]))
+    for key, distribution in space.items():
+        if isinstance(distribution, CategoricalDistribution) and "." not in key:  # a config group
+            assert set(distribution.choices) <= set(GROUP_CHOICES[key]), key
+        else:
+            assert OmegaConf.select(cfg, key, default="missing") != "missing", key
+    assert cfg.optimized_metric == {"binary": "val/iou", "instance": "val/ap50"}[task]
+    assert sweeper.study_direction() == "maximize"
+    GlobalHydra.instance().clear()
+
+
+def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
+    """Under DDP rank zero asks the pruner and broadcasts the answer: both ranks stop after the
+    same epoch (no rank hangs in the next collective) and the trial is recorded as pruned."""
+    sweep = search(tmp_path, "trainer=ddp_cpu", "hydra.sweeper.n_trials=1",
+                   "trainer.max_epochs=3", "data.splits.val.num_images=4", "data.eval_batch_size=2",
+                   "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=2.0")  # IoU < 2: always pruned
+    (trial,) = load_study(sweep).get_trials()
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    (job_dir,) = job_dirs(sweep)
+    run = metrics(job_dir)
+    assert run["status"] == "pruned" and run["epochs"] == 1 and run["pruned_at_epoch"] == 0
