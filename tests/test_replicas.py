@@ -199,6 +199,7 @@ def test_sweep_repeats_preset_expands_to_seeds():
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("train", overrides=["sweep=repeats", "sweep.repeats=4"], return_hydra_config=True)
+        with_archs = compose("train", overrides=["sweep=[archs,repeats]"], return_hydra_config=True)
         with pytest.raises(ValueError, match="sweep.repeats=0"):
             bad = compose("train", overrides=["sweep=repeats", "sweep.repeats=0"],
                           return_hydra_config=True)
@@ -206,6 +207,8 @@ def test_sweep_repeats_preset_expands_to_seeds():
     GlobalHydra.instance().clear()
     params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
     assert params == {"seed": "1,2,3,4"}
+    both = OmegaConf.to_container(with_archs.hydra.sweeper.params, resolve=True)
+    assert both["seed"] == "1,2,3" and both["model"].startswith("unet,")  # presets compose
     # Expanded as Hydra's basic sweeper does, with a model sweep from the command line: 2 x 4 jobs.
     parsed = OverridesParser.create().parse_overrides(["seed=1,2,3,4", "model=unet,fpn"])
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
