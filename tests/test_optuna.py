@@ -18,12 +18,13 @@ import yaml
 from conftest import CONFIG_DIR, FAST, TINY_ENCODER
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from hydra_plugins.segsweep_optuna_sweeper._search import consecutive_blocks
+from hydra_plugins.segsweep_optuna_sweeper._search import Search, consecutive_blocks
 from hydra_plugins.segsweep_optuna_sweeper._search_space import grid_values, parse_search_space
 from hydra_plugins.segsweep_optuna_sweeper.sweeper import OptunaSweeper
 from segsweep.callbacks import DivergedError
@@ -98,6 +99,65 @@ def test_trials_launch_in_runs_of_consecutive_numbers():
     assert [[t.number for t in block] for block in consecutive_blocks(trials)] == [[3, 4], [7, 8, 9]]
 
 
+class ScriptedLauncher:
+    """Stands in for Hydra's launcher: each job "returns" the next scripted value (an exception
+    raises from the launch itself); records each launch's first job number and overrides."""
+
+    def __init__(self, values):
+        self.values = iter(values)
+        self.launches: list[tuple[int, list]] = []
+
+    def launch(self, job_overrides, initial_job_idx):
+        self.launches.append((initial_job_idx, [list(o) for o in job_overrides]))
+        returns = []
+        for overrides in job_overrides:
+            value = next(self.values)
+            if isinstance(value, Exception):
+                raise value
+            returns.append(JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=value))
+        return returns
+
+
+def scripted_search(tmp_path, values, **settings) -> tuple[Search, ScriptedLauncher]:
+    settings = {"direction": None, "study_name": "s", "storage": None, "n_trials": 4, "n_jobs": 1,
+                "max_failures": None, "params": {"optimizer.lr": "interval(0.001, 0.01)"}, **settings}
+    sweeper = OptunaSweeper(sampler=OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 0}),
+                            pruner=None, **settings)
+    sweeper.config = OmegaConf.create({"optimized_metric": "val/iou", "monitor_mode": "max"})
+    sweeper.sweep_dir, sweeper.launcher = tmp_path, ScriptedLauncher(values)
+    return Search(sweeper, sweeper.space_overrides(["model=unet"])), sweeper.launcher
+
+
+def test_failures_are_told_fail_and_max_failures_ends_the_search(tmp_path):
+    search_, launcher = scripted_search(tmp_path, [0.5, float("nan"), RuntimeError("no node"), 0.9, None, 0.1],
+                                        n_trials=10, max_failures=3)
+    search_.run()
+    trials = search_.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
+                                         TrialState.COMPLETE, TrialState.FAIL]  # the third failure ends it
+    assert trials[1].user_attrs["error"] == "optimized_metric=val/iou is nan"
+    assert trials[2].user_attrs["error"] == "launch failed: RuntimeError: no node"
+    assert "not a number for optimized_metric=val/iou" in trials[4].user_attrs["error"]
+    # Job number = trial number, and the job is told its trial through its environment.
+    assert [first for first, _ in launcher.launches] == [0, 1, 2, 3, 4]
+    for number, (_, (overrides,)) in enumerate(launcher.launches):
+        assert "model=unet" in overrides and f"++hydra.job.env_set.SEGSWEEP_OPTUNA_TRIAL='{number}'" in overrides
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["best_value"] == 0.9 and results["best_trial"] == 3
+    assert results["trials"]["complete"] == 2 and results["trials"]["fail"] == 3
+
+
+def test_a_resumed_search_reruns_interrupted_trials_under_their_numbers(tmp_path):
+    search_, _ = scripted_search(tmp_path, [0.5, 0.6], n_trials=2)
+    interrupted = search_.study.ask(search_.distributions)  # trial 0, its search was killed
+    search_.study.tell(search_.study.ask(search_.distributions), 0.4)  # trial 1 completed
+    resumed, launcher = scripted_search(tmp_path, [0.5, 0.6, 0.7], n_trials=3)
+    resumed.run()
+    assert [(t.number, t.state) for t in resumed.study.get_trials()] == [(n, TrialState.COMPLETE) for n in range(3)]
+    assert [first for first, _ in launcher.launches] == [0, 2]  # n_trials is the total
+    assert f"optimizer.lr={interrupted.params['optimizer.lr']}" in launcher.launches[0][1][0]
+
+
 def test_a_run_whose_loss_goes_nan_fails_at_once_with_the_epoch(make_cfg, tmp_path):
     cfg = make_cfg("optimizer.lr=1e30", "trainer.max_epochs=3")
     with pytest.raises(DivergedError, match=r"^diverged at epoch 0 \(step \d\): training loss is nan"):
@@ -139,7 +199,7 @@ def test_median_pruner_stops_trials_of_a_bad_region_early(tmp_path):
     study.enqueue_trial({"optimizer.lr": 10})
     search(tmp_path, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
            "hydra.sweeper.n_trials=2", "optimizer.lr=0.003,10", "trainer.max_epochs=3",
-           "optimized_metric=val/loss", "monitor_mode=min", sweep=sweep)
+           "optimized_metric=val/loss", "monitor_mode=min", "logger=csv", sweep=sweep)
     good, bad = load_study(sweep).get_trials()
     assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [0, 1, 2]
     assert bad.state == TrialState.PRUNED and sorted(bad.intermediate_values) == [0]
@@ -148,6 +208,8 @@ def test_median_pruner_stops_trials_of_a_bad_region_early(tmp_path):
     assert good_run["status"] == "completed" and good_run["epochs"] == 3
     assert bad_run["status"] == "pruned" and bad_run["pruned_at_epoch"] == 0 and bad_run["epochs"] == 1
     assert len(bad_run["history"]) == 1 and "test/loss" not in bad_run["final"]  # not tested
+    logged = pd.read_csv(job_dirs(sweep)[1] / "csv" / "version_0" / "metrics.csv")  # what every logger gets
+    assert logged["optuna/pruned_at_epoch"].dropna().tolist() == [0]
     board = pd.read_csv(sweep / "leaderboard.csv")
     assert list(board["status"]) == ["completed", "pruned"]
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] == pytest.approx(
