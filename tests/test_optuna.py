@@ -147,11 +147,13 @@ def test_failures_are_told_fail_and_max_failures_ends_the_search(tmp_path):
     assert results["trials"]["complete"] == 2 and results["trials"]["fail"] == 3
 
 
-def test_a_resumed_search_reruns_interrupted_trials_under_their_numbers(tmp_path):
-    search_, _ = scripted_search(tmp_path, [0.5, 0.6], n_trials=2)
+@pytest.mark.parametrize("storage", [None, "sqlite:///{}/study.db"])  # the journal file, a database
+def test_a_resumed_search_reruns_interrupted_trials_under_their_numbers(tmp_path, storage):
+    storage = storage and storage.format(tmp_path)
+    search_, _ = scripted_search(tmp_path, [0.5, 0.6], n_trials=2, storage=storage)
     interrupted = search_.study.ask(search_.distributions)  # trial 0, its search was killed
     search_.study.tell(search_.study.ask(search_.distributions), 0.4)  # trial 1 completed
-    resumed, launcher = scripted_search(tmp_path, [0.5, 0.6, 0.7], n_trials=3)
+    resumed, launcher = scripted_search(tmp_path, [0.5, 0.6, 0.7], n_trials=3, storage=storage)
     resumed.run()
     assert [(t.number, t.state) for t in resumed.study.get_trials()] == [(n, TrialState.COMPLETE) for n in range(3)]
     assert [first for first, _ in launcher.launches] == [0, 2]  # n_trials is the total
