@@ -158,6 +158,8 @@ def test_a_resumed_search_reruns_interrupted_trials_under_their_numbers(tmp_path
     assert [(t.number, t.state) for t in resumed.study.get_trials()] == [(n, TrialState.COMPLETE) for n in range(3)]
     assert [first for first, _ in launcher.launches] == [0, 2]  # n_trials is the total
     assert f"optimizer.lr={interrupted.params['optimizer.lr']}" in launcher.launches[0][1][0]
+    # The seeded sampler does not draw the first trials' parameters again.
+    assert len({t.params["optimizer.lr"] for t in resumed.study.get_trials()}) == 3
 
 
 def test_a_run_whose_loss_goes_nan_fails_at_once_with_the_epoch(make_cfg, tmp_path):
@@ -238,6 +240,7 @@ def test_a_killed_search_resumes_to_exactly_n_trials(tmp_path):
     search(tmp_path, *args, sweep=sweep)
     trials = load_study(sweep).get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.params["optimizer.lr"] for t in trials}) == 4  # no repeats of the first draws
     dirs = job_dirs(sweep)
     assert [int(d.name.split("_")[0]) for d in dirs] == [0, 1, 2, 3]
     for trial, job_dir in zip(trials, dirs, strict=True):

@@ -36,20 +36,15 @@ class Search:
         self.sweeper = sweeper
         self.distributions, self.fixed = parse_search_space(overrides)
         self.n_trials = sweeper.n_trials
-        sampler_cfg = sweeper.sampler_cfg
-        if str(sampler_cfg.get("_target_", "")).endswith("GridSampler"):
-            grid = {name: grid_values(name, d) for name, d in self.distributions.items()}
-            sampler = instantiate(sampler_cfg, search_space=grid)
-            self.n_trials = min(self.n_trials, math.prod(len(values) for values in grid.values()))
-        else:
-            sampler = instantiate(sampler_cfg)
         pruner_cfg = OmegaConf.to_container(sweeper.pruner_cfg, resolve=True) if sweeper.pruner_cfg else None
         self.storage_spec = sweeper.storage_spec()
         if "://" not in self.storage_spec:
             Path(self.storage_spec).parent.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(self.storage_spec)
         direction = sweeper.study_direction()
+        sampler = self.sampler(trials_so_far(storage, sweeper.study_name))
         self.study = optuna.create_study(
-            study_name=sweeper.study_name, storage=open_storage(self.storage_spec), sampler=sampler,
+            study_name=sweeper.study_name, storage=storage, sampler=sampler,
             pruner=instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner(),
             direction=direction, load_if_exists=True)
         if self.study.direction.name.lower() != direction:
@@ -59,6 +54,18 @@ class Search:
         # The jobs build the same pruner from the study (they may run on other nodes).
         self.study.set_user_attr(PRUNER_ATTR, pruner_cfg)
         self.sweep_dir = sweeper.sweep_dir
+
+    def sampler(self, trials_so_far: int):
+        """The configured sampler. A continued study seeds it with seed + trials so far: the same
+        seed would draw the first trials' parameters again."""
+        sampler_cfg = self.sweeper.sampler_cfg
+        if trials_so_far and sampler_cfg.get("seed") is not None:
+            sampler_cfg = OmegaConf.merge(sampler_cfg, {"seed": sampler_cfg.seed + trials_so_far})
+        if str(sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+            grid = {name: grid_values(name, d) for name, d in self.distributions.items()}
+            self.n_trials = min(self.n_trials, math.prod(len(values) for values in grid.values()))
+            return instantiate(sampler_cfg, search_space=grid)
+        return instantiate(sampler_cfg)
 
     def run(self) -> list[JobReturn]:
         # RUNNING trials at start were interrupted (the search was killed): run them again first,
@@ -153,6 +160,13 @@ class Search:
         }
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / RESULTS_FILE).write_text(yaml.safe_dump(results, sort_keys=False))
+
+
+def trials_so_far(storage, study_name: str) -> int:
+    try:
+        return len(storage.get_all_trials(storage.get_study_id_from_name(study_name), deepcopy=False))
+    except KeyError:  # a new study
+        return 0
 
 
 def outcome(result: JobReturn | Exception, metric: str | None) -> tuple[float | None, str | None]:

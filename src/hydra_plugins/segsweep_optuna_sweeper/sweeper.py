@@ -60,9 +60,8 @@ class OptunaSweeper(Sweeper):
 
     def space_overrides(self, arguments: list[str]) -> list[str]:
         """``hydra.sweeper.params`` then the command line's own overrides (which win)."""
-        return [f"{key}={value}" for key, value in OmegaConf.to_container(
-            OmegaConf.create(self.params) if not isinstance(self.params, DictConfig) else self.params).items()
-        ] + list(arguments)
+        params = OmegaConf.to_container(OmegaConf.create(self.params))
+        return [f"{key}={value}" for key, value in params.items()] + list(arguments)
 
     def sweep(self, arguments: list[str]) -> Any:
         from hydra_plugins.segsweep_optuna_sweeper._search import Search  # imports Optuna
