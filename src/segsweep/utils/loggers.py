@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def wandb_has_credentials() -> bool:
@@ -39,6 +40,10 @@ def wandb_logger(save_dir: str, offline: bool | None = None, **kwargs) -> WandbL
             f"upload later with `wandb sync {save_dir}/wandb/offline-run-*`"
         )
     os.makedirs(save_dir, exist_ok=True)
+    # Hydra hands nested nodes over as DictConfig/ListConfig; wandb.init reads a config object's
+    # attributes (as for argparse), which on a DictConfig are OmegaConf internals: pass plain values.
+    kwargs = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
+              for k, v in kwargs.items()}
     if kwargs.get("tags"):  # W&B refuses tags over 64 characters; the full overrides stay in the config
         kwargs["tags"] = [shorten_tag(str(tag)) for tag in kwargs["tags"]]
     return WandbLogger(save_dir=save_dir, offline=offline, **kwargs)
