@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from segsweep.inference import Prediction, Predictor, sliding_window_probs, tile_starts, tta_probs
+from segsweep.predict import prob_channels
 from segsweep.train import build_datamodule, build_task
 
 TILE, OVERLAP, RADIUS = 64, 0.25, 3  # RADIUS: half the receptive field (7) of the net below
@@ -213,7 +214,10 @@ def test_every_task_predicts_one_kind_of_prediction(make_cfg, kind):
         assert prediction.instances is None and prediction.probs.shape == (2, classes, 50, 70)
         torch.testing.assert_close(prediction.probs.sum(1), torch.ones(2, 50, 70))
         assert torch.equal(prediction.labels, prediction.probs.argmax(1))
-    else:  # each object's pixels carry its class, the rest background
+    elif kind == "instance":  # object maps, then one map per object class (3 shape kinds)
+        assert prediction.probs.shape[1] == len(task.map_names) + 3 == len(prob_channels(task))
+        assert prob_channels(task)[-3:] == task.class_names[1:]
+    if prediction.instances is not None:  # each object's pixels carry its class, the rest background
         for labels, found in zip(prediction.labels.numpy(), prediction.instances, strict=True):
             assert found.labels.shape == (50, 70)
             expected = np.concatenate([[0], found.classes])[found.labels]
