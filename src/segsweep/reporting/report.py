@@ -35,6 +35,8 @@ def display_columns(df: pd.DataFrame) -> list[str]:
 def setup_columns(setups: pd.DataFrame) -> list[str]:
     """The set-up table's columns: as :func:`display_columns`, the interval as one column."""
     columns = [c for c in display_columns(setups) if c not in SETUP_HIDDEN]
+    if setups["ci95 low"].isna().all():  # one replica each, or nothing completed
+        return columns
     at = columns.index("tied with best") if "tied with best" in columns else len(columns)
     return [*columns[:at], "95% CI", *columns[at:]]
 
