@@ -82,7 +82,8 @@ def test_a_killed_run_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     args = [*TINY, "trainer.max_epochs=5"]
     run(tmp_path, *args, f"hydra.run.dir={tmp_path / 'straight'}")
     killed = tmp_path / "killed"
-    kill_when(tmp_path, [*args, f"hydra.run.dir={killed}"], lambda: epochs_done(killed) >= 2)
+    kill_when(tmp_path, [*args, f"hydra.run.dir={killed}"],
+              lambda: epochs_done(killed) >= 2 and (killed / "checkpoints" / "last.ckpt").is_file())
     assert metrics(killed)["status"] == "running"
     run(tmp_path, *args, f"hydra.run.dir={killed}")
 
@@ -150,7 +151,7 @@ def test_a_killed_sweep_rerun_keeps_finished_jobs_resumes_and_runs_the_rest(tmp_
     def two_done_third_checkpointed() -> bool:
         found = jobs()
         return (len(found) >= 3 and all(metrics(j).get("status") == "completed" for j in found[:2])
-                and epochs_done(found[2]) >= 1)
+                and (found[2] / "checkpoints" / "last.ckpt").is_file())
 
     kill_when(tmp_path, args, two_done_third_checkpointed)
     kept = {j.name: (j / "metrics.json").read_bytes() for j in jobs()[:2]}
@@ -197,10 +198,15 @@ def spoil(kind: str, path: Path, good: Path) -> None:
 
 @pytest.mark.parametrize("kind", [*BAD_FILES, "truncated"])
 def test_every_entry_point_names_a_bad_checkpoint(tmp_path, trained, kind):
+    from PIL import Image
+
     bad = tmp_path / "bad.ckpt"
     spoil(kind, bad, trained / "checkpoints" / "last.ckpt")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "images" / "a.png")
     for module, args in (("segsweep.eval", [f"ckpt_path={bad}"]),
-                         ("segsweep.predict", [f"ckpt_path={bad}", f"input={tmp_path}", f"output={tmp_path / 'out'}"]),
+                         ("segsweep.predict", [f"ckpt_path={bad}", f"input={tmp_path / 'images'}",
+                                               f"output={tmp_path / 'out'}"]),
                          ("segsweep.train", [*TINY, f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'run'}"])):
         done = run(tmp_path, *args, f"hydra.run.dir={tmp_path / module}", module=module, ok=False)
         assert done.returncode != 0
@@ -251,3 +257,17 @@ def test_long_overrides_make_valid_wandb_tags():
     short = shorten_tag(tag)
     assert len(short) == WANDB_TAG_LIMIT and short.startswith("data.root=/very") and short.endswith("/isbi2012")
     assert shorten_tag("model=unet") == "model=unet"
+
+
+def test_a_killed_ddp_job_resumes_identical_to_an_uninterrupted_one(tmp_path):
+    """trainer=ddp_cpu: the job's own launcher and both ranks die with SIGKILL; the re-run resumes."""
+    args = [*TINY, "trainer=ddp_cpu", "data.splits.train.num_images=9", "data.splits.val.num_images=5",
+            "trainer.max_epochs=3", "test=false"]
+    run(tmp_path, *args, f"hydra.run.dir={tmp_path / 'straight'}")
+    killed = tmp_path / "killed"
+    kill_when(tmp_path, [*args, f"hydra.run.dir={killed}"],
+              lambda: epochs_done(killed) >= 1 and (killed / "checkpoints" / "last.ckpt").is_file())
+    run(tmp_path, *args, f"hydra.run.dir={killed}")
+    resumed = metrics(killed)
+    assert resumed["status"] == "completed" and resumed["attempts"] == 2
+    same_run(resumed, metrics(tmp_path / "straight"))

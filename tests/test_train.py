@@ -55,18 +55,6 @@ def test_fit_and_test_write_metrics_json(make_cfg, tmp_path):
     assert Path(saved["best_checkpoint"]).is_file()
 
 
-def test_a_requeued_job_resumes_from_its_last_checkpoint(make_cfg, tmp_path):
-    """SLURM requeues a preempted job into the same job dir: the new attempt picks up
-    checkpoints/last.ckpt and trains only the epochs that are left."""
-    overrides = [f"encoder={TINY_ENCODER}", "callbacks=default", "~callbacks.progress_bar",
-                 "~callbacks.image_logger", "test=false"]
-    first = train(make_cfg(*overrides, "trainer.max_epochs=1"))  # the attempt that was cut off
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file() and first["global_step"] == 2
-    resumed = train(make_cfg(*overrides, "trainer.max_epochs=3"))
-    assert resumed["global_step"] == 6 and resumed["epochs"] == 3
-    assert [row["epoch"] for row in resumed["history"]] == [1, 2]  # epoch 0 was not trained again
-
-
 def test_same_seed_same_metrics(make_cfg, tmp_path):
     first = train(make_cfg(f"encoder={TINY_ENCODER}", f"paths.output_dir={tmp_path}/a"))
     second = train(make_cfg(f"encoder={TINY_ENCODER}", f"paths.output_dir={tmp_path}/b"))

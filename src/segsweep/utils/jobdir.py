@@ -69,9 +69,18 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
 
 
 def job_identity(cfg: DictConfig) -> dict[str, object]:
-    """The flattened, resolved config that defines the run (``IGNORED_KEYS`` left out)."""
+    """The flattened, resolved config that defines the run (``IGNORED_KEYS`` left out).
+
+    Paths inside the job dir are written relative to it (``<job dir>/checkpoints``), so a sweep dir
+    that was moved or copied is still the same run.
+    """
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    return {k: v for k, v in flatten(resolved).items() if k.split(".", 1)[0] not in IGNORED_KEYS}
+    job_dir = str(cfg.paths.output_dir)
+
+    def relative(value):
+        return value.replace(job_dir, "<job dir>") if isinstance(value, str) else value
+
+    return {k: relative(v) for k, v in flatten(resolved).items() if k.split(".", 1)[0] not in IGNORED_KEYS}
 
 
 def fingerprint(identity: dict) -> str:
