@@ -144,13 +144,26 @@ def _object_masks(labels: np.ndarray) -> np.ndarray:
     return labels[None] == np.arange(1, int(labels.max(initial=0)) + 1)[:, None, None]
 
 
-def _coco(rle: list[dict], shape: tuple[int, int], classes, scores=None) -> dict[str, torch.Tensor]:
-    masks = coco_mask.decode(rle) if rle else np.zeros((*shape, 0), np.uint8)
-    out = {"masks": torch.from_numpy(np.moveaxis(masks, -1, 0).astype(bool)),
-           "labels": torch.as_tensor(np.asarray(classes), dtype=torch.long)}
-    if scores is not None:
-        out["scores"] = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
-    return out
+def _add_image(coco: MeanAveragePrecision, record: dict) -> None:
+    """What ``MeanAveragePrecision.update`` stores for one image, from the record's RLEs.
+
+    ``update`` takes dense masks and RLE-encodes them again: decoding ours only for that doubled
+    the epoch-end cost on ISBI-sized images. These are the states of torchmetrics 1.x (pinned
+    below 2); ``tests/test_instance_metrics.py`` checks the values against pycocotools.
+    """
+
+    def masks(rles: list[dict]) -> tuple:
+        return tuple((tuple(rle["size"]), rle["counts"]) for rle in rles)
+
+    (pred_rles, pred_classes, scores), (true_rles, true_classes) = record["pred"], record["true"]
+    coco.detection_mask.append(masks(pred_rles))
+    coco.detection_labels.append(torch.as_tensor(np.asarray(pred_classes), dtype=torch.long))
+    coco.detection_scores.append(torch.as_tensor(np.asarray(scores), dtype=torch.float32))
+    labels = torch.as_tensor(np.asarray(true_classes), dtype=torch.long)
+    coco.groundtruth_mask.append(masks(true_rles))
+    coco.groundtruth_labels.append(labels)
+    coco.groundtruth_crowds.append(torch.zeros_like(labels))
+    coco.groundtruth_area.append(torch.zeros_like(labels))
 
 
 def _labels(item: Instances) -> np.ndarray:
@@ -242,9 +255,9 @@ class InstanceMetrics(Metric):
         coco = MeanAveragePrecision(iou_type="segm", backend="faster_coco_eval",
                                     iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
                                     max_detection_thresholds=[1, 100, 1000])
-        for r in records:
-            coco.update([_coco(r["pred"][0], r["shape"], r["pred"][1], r["pred"][2])],
-                        [_coco(r["true"][0], r["shape"], r["true"][1])])
+        for record in records:
+            _add_image(coco, record)
+        coco._update_count = len(records)  # states filled directly: compute() need not warn
         # faster_coco_eval logs its whole 12-line summary at INFO on every compute: keep epochs
         # readable by quieting it for this call only (the user's logging set-up stays theirs).
         coco_log = logging.getLogger("faster_coco_eval")
