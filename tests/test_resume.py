@@ -271,3 +271,68 @@ def test_a_killed_ddp_job_resumes_identical_to_an_uninterrupted_one(tmp_path):
     resumed = metrics(killed)
     assert resumed["status"] == "completed" and resumed["attempts"] == 2
     same_run(resumed, metrics(tmp_path / "straight"))
+
+
+def finished_dir(make_cfg, status: str, *overrides: str):
+    """A job dir as a finished run leaves it (record + metrics.json), without training."""
+    from segsweep.utils.jobdir import plan_job
+
+    cfg = make_cfg(*overrides)
+    assert plan_job(cfg).action == "start"  # writes job.json
+    job = Path(cfg.paths.output_dir)
+    (job / "metrics.json").write_text(json.dumps({"status": status, "best": {"val/iou": 0.5}, "epochs": 1}))
+    return job
+
+
+@pytest.mark.parametrize(("status", "rerun", "action"), [
+    ("failed", "failed", "start"), ("failed", "none", "skip"), ("completed", "failed", "skip"),
+    ("completed", "all", "start"), ("pruned", "failed", "skip")])
+def test_rerun_decides_which_finished_jobs_run_again(make_cfg, status, rerun, action):
+    from segsweep.utils.jobdir import plan_job
+
+    job = finished_dir(make_cfg, status)
+    before = (job / "metrics.json").read_bytes()
+    plan = plan_job(make_cfg(f"rerun={rerun}"))
+    assert plan.action == action
+    if action == "skip":
+        assert (job / "metrics.json").read_bytes() == before
+    else:  # moved aside, not deleted
+        assert [p.read_bytes() for p in job.glob("previous/*/metrics.json")] == [before]
+
+
+def test_a_resumed_job_keeps_its_wandb_run_id(make_cfg):
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from segsweep.utils.jobdir import plan_job
+
+    cfg = make_cfg("logger=wandb")
+    first = plan_job(cfg)
+    job = Path(cfg.paths.output_dir)
+    (job / "checkpoints").mkdir()
+    (job / "metrics.json").write_text(json.dumps({"status": "running", "pid": 0}))  # killed
+    ckpt = job / "checkpoints" / "last.ckpt"
+    torch.save({"segsweep_task": "x", "state_dict": {}}, ckpt)
+    again = plan_job(make_cfg("logger=wandb"))
+    assert (again.action, again.run_id, again.resume_ckpt) == ("resume", first.run_id, str(ckpt))
+    with open_dict(cfg):
+        cfg.run_id = again.run_id
+    logger = instantiate(cfg.logger.wandb)
+    assert logger._wandb_init["id"] == first.run_id and logger._wandb_init["resume"] == "allow"
+    # The overrides hold this long tmp path: W&B would refuse the tag (64 characters at most).
+    assert max(len(o) for o in cfg.logger.wandb.tags) > 64
+    assert max(len(tag) for tag in logger._wandb_init["tags"]) <= 64
+
+
+def test_report_tells_running_from_interrupted(tmp_path):
+    import socket
+
+    from segsweep.reporting.jobs import load_job
+
+    for name, pid in (("0_alive", os.getpid()), ("1_dead", 2**22 + 12345)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"status": "running", "host": socket.gethostname(), "pid": pid}))
+    assert load_job(tmp_path / "0_alive").status == "running"
+    assert load_job(tmp_path / "1_dead").status == "interrupted"
+    assert load_job(tmp_path / "0_alive", finished=True).status == "interrupted"
