@@ -336,3 +336,26 @@ def test_report_tells_running_from_interrupted(tmp_path):
     assert load_job(tmp_path / "0_alive").status == "running"
     assert load_job(tmp_path / "1_dead").status == "interrupted"
     assert load_job(tmp_path / "0_alive", finished=True).status == "interrupted"
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_whole(tmp_path):
+    """Lightning's checkpoint writer (the Trainer's TorchCheckpointIO) writes through a temporary
+    file and a rename; SIGKILL a process that rewrites a ~40 MB checkpoint in a loop."""
+    target = tmp_path / "last.ckpt"
+    script = (
+        "import sys, torch\n"
+        "from lightning.pytorch.plugins.io import TorchCheckpointIO\n"
+        "io = TorchCheckpointIO()\n"
+        "for i in range(10**6):\n"
+        "    io.save_checkpoint({'segsweep_task': 'x', 'i': i, 'w': torch.full((10**7,), float(i))}, sys.argv[1])\n"
+        "    print(i, flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "0"  # one whole checkpoint exists
+    time.sleep(1.0)  # the next writes are in progress now, most of the time
+    process.kill()
+    process.wait()
+    from segsweep.utils.checkpoints import read_checkpoint
+
+    saved = read_checkpoint(target)
+    assert float(saved["w"][0]) == saved["i"] and float(saved["w"][-1]) == saved["i"]
