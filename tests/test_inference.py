@@ -203,6 +203,8 @@ def test_every_task_predicts_one_kind_of_prediction(make_cfg, kind):
     assert 0 <= prediction.labels.min() and prediction.labels.max() < classes
     if kind == "maskrcnn":
         assert prediction.probs is None and not task.per_pixel_maps
+        with pytest.raises(TypeError, match="MaskRCNNTask gives detections, not per-pixel maps"):
+            task.logits_to_probs(images)
         with pytest.raises(ValueError, match="MaskRCNNTask predicts whole images only"):
             type(task)(**task.hparams, predictor=Predictor(tta="flips"))
     else:

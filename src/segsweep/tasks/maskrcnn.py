@@ -151,6 +151,9 @@ class MaskRCNNTask(InstanceSegmentationTask):
     def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
         return self.postprocess(self(images), valid)
 
+    def logits_to_probs(self, logits):
+        raise TypeError("MaskRCNNTask gives detections, not per-pixel maps: use predict() / postprocess()")
+
     def _targets(self, batch: dict) -> list[dict]:
         """torchvision targets (boxes, labels, masks) from the label images."""
         multi = self.num_classes > 1
