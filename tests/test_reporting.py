@@ -98,11 +98,11 @@ def test_min_mode_metric_ranks_lowest_first(sweep):
     assert collect(sweep, metric="val/iou", mode="min")["job_num"].tolist()[:4] == [3, 0, 2, 1]
 
 
-def test_finished_sweep_marks_jobs_without_metrics_missing(sweep):
+def test_finished_sweep_marks_jobs_without_metrics_interrupted(sweep):
     (sweep / "0_unet-resnet18-dice" / "metrics.json").write_text('{"status": "compl')  # truncated
     df = collect(sweep, finished=True).set_index("job")
-    assert df.loc["5_unet-resnet18-lovasz", "status"] == "missing"
-    assert df.loc["0_unet-resnet18-dice", "status"] == "missing"
+    assert df.loc["5_unet-resnet18-lovasz", "status"] == "interrupted"
+    assert df.loc["0_unet-resnet18-dice", "status"] == "interrupted"
     assert "unreadable" in df.loc["0_unet-resnet18-dice", "error"]
 
 
@@ -192,7 +192,7 @@ def test_hydra_callback_writes_report_and_never_raises(sweep, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         LeaderboardCallback().on_multirun_end(config=config, config_name="train")
     assert (sweep / "report.html").is_file() and "report.html" in caplog.text
-    assert "missing" in (sweep / "leaderboard.md").read_text()  # the sweep is over: not "running"
+    assert "1 interrupted" in (sweep / "leaderboard.md").read_text()  # the sweep is over: not running
     bad = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nope")}}})
     LeaderboardCallback().on_multirun_end(bad)  # logged, not raised
     assert "Could not write the sweep report" in caplog.text

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "else min for losses/errors)")
     parser.add_argument("--out", default=None, help="write here instead of the sweep dir")
     parser.add_argument("--finished", action="store_true",
-                        help="the sweep is over: a job without metrics.json is 'missing', "
+                        help="the sweep is over: a job without metrics.json is 'interrupted', "
                              "not 'running'")
     parser.add_argument("--quiet", action="store_true",
                         help="print only the paths written, not the leaderboard")

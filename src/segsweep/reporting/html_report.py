@@ -17,7 +17,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #e6f4e6; font-weight: 600; }
 tr.tied td { background: #f4f9e6; }  /* not distinguishable from the best set-up */
 tr.failed td { background: #fbe9e9; }
-tr.running td, tr.missing td { color: #888; font-style: italic; }
+tr.running td, tr.interrupted td, tr.not.started td, tr.missing td { color: #888; font-style: italic; }
 td.error { white-space: normal; max-width: 40em; }
 .scroll { overflow-x: auto; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }

@@ -120,7 +120,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     """Write ``leaderboard.csv``, ``leaderboard.md``, ``report.html`` and the plots
     (``bar_<metric>.png``, ``curves_<metric>.png``, when there is something to plot) into
     ``out_dir`` (default: the sweep dir). ``finished`` marks job dirs without metrics.json as
-    ``missing`` rather than ``running``. With replicas (jobs differing only in ``seed`` or
+    ``interrupted`` rather than ``running``. With replicas (jobs differing only in ``seed`` or
     ``data.fold``), ``leaderboard.csv`` ranks set-ups (see
     :func:`segsweep.reporting.leaderboard.build_setups`) and ``leaderboard_jobs.csv`` (kind
     ``jobs_csv``) holds every job. Returns the written paths by kind.
