@@ -143,12 +143,20 @@ def run_app(monkeypatch, capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
+def listed_groups(help_text: str) -> dict[str, set[str]]:
+    """The ``group: choice, choice`` lines of Hydra's ``--help``."""
+    section = help_text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    pairs = (line.split(": ", 1) for line in section.splitlines() if ": " in line)
+    return {group: set(choices.split(", ")) for group, choices in pairs}
+
+
 def test_help_lists_config_groups_and_choices(monkeypatch, capsys, tmp_path):
-    shown = run_app(monkeypatch, capsys, "--config-dir", str(user_configs(tmp_path / "my-exps")), "--help")
-    assert "== Configuration groups ==" in shown
-    assert "task: binary, instance, my_classes, semantic" in shown  # the user's own choice too
-    assert "experiment: camvid, foo, instance_dsb2018" in shown
-    assert "logger: csv, none, tensorboard, wandb" in shown and "model: classic_unet, deeplabv3," in shown
+    groups = listed_groups(run_app(monkeypatch, capsys, "--config-dir", str(user_configs(tmp_path / "my-exps")),
+                                   "--help"))
+    assert groups["task"] == {"binary", "instance", "semantic", "my_classes"}  # the user's own choice too
+    assert {"foo", "isbi2012"} <= groups["experiment"]
+    assert {"csv", "none", "tensorboard", "wandb"} <= groups["logger"]
+    assert {"classic_unet", "unet", "fpn", "maskrcnn"} <= groups["model"] and "bce_dice" in groups["loss"]
 
 
 @pytest.mark.parametrize("how", ["config-dir", "searchpath"])
@@ -242,6 +250,6 @@ def test_installed_train_composes_a_user_config_dir(installed, tmp_path):
     assert metrics["status"] == "completed" and metrics["run_name"] == "classic_unet-dice"
     assert metrics["choices"]["experiment"] == "foo"
     assert "seed: 7" in (job / ".hydra" / "config.yaml").read_text()
-    shown = run_installed(installed, tmp_path, "--config-dir", "my-exps", "--help").stdout
-    assert "experiment: camvid, foo, instance_dsb2018" in shown
-    assert "task: binary, instance, my_classes, semantic" in shown
+    groups = listed_groups(run_installed(installed, tmp_path, "--config-dir", "my-exps", "--help").stdout)
+    assert {"foo", "isbi2012"} <= groups["experiment"] and "my_classes" in groups["task"]
+    assert {"classic_unet", "unet", "maskrcnn"} <= groups["model"]
