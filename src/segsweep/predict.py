@@ -8,6 +8,8 @@ maps the labels were made from; channel names in the index), ``<stem>_overlay.pn
 ``overlays=true``, and one ``predictions.json`` index. A file that cannot be read or does not fit
 the model (e.g. grey for an RGB model) is skipped with a warning so the others still get
 predicted; the index lists it and the command then fails (exit code 1) naming every such file.
+A 3D checkpoint (trained on volumes) takes ``.npy`` / multi-page ``.tif`` volumes and writes
+``<stem>.tif``, one page of class ids per slice (``tile_size`` then tiles in 3D).
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import tifffile
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 
 from segsweep.data.base import coordinate_maps
 from segsweep.data.folder import IMAGE_SUFFIXES, read_image
+from segsweep.data.volumes import VOLUME_SUFFIXES, VolumeDataset, read_volume
 from segsweep.inference import Predictor
 from segsweep.tasks import InstanceSegmentationTask, SegmentationTask, load_task
 from segsweep.train import CONFIG_DIR
@@ -41,15 +45,15 @@ class PredictionError(RuntimeError):
     """Some input files were skipped; the others were predicted."""
 
 
-def list_inputs(path: str | Path) -> list[Path]:
+def list_inputs(path: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"input={path}: no such file or folder")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise ValueError(f"input={path}: no images ({'/'.join(IMAGE_SUFFIXES)}) in it")
+        raise ValueError(f"input={path}: no images ({'/'.join(suffixes)}) in it")
     clashes = [stem for stem, n in Counter(p.stem for p in files).items() if n > 1]
     if clashes:  # a.png and a.tif would write the same a.png
         raise ValueError(f"input={path}: files share a stem, outputs would collide: {clashes[:5]}")
@@ -73,8 +77,23 @@ class Preprocess:
         # TiledInstances scales any bit depth to 0..255 before augment: do the same here.
         target = str((data.get("dataset") or {}).get("_target_", ""))
         self.percentiles = target.endswith("TiledInstances")
+        # 3D checkpoints take volumes: .npy or multi-page .tif, labels written as <stem>.tif.
+        self.volumes = bool(target) and issubclass(get_class(target), VolumeDataset)
+        self.suffixes = VOLUME_SUFFIXES if self.volumes else IMAGE_SUFFIXES
+
+    def volume(self, path: Path) -> tuple[np.ndarray, torch.Tensor]:
+        """Volume file -> ``(raw (D, H, W, C), normalised (1, C, D, H, W))``."""
+        image = read_volume(path)
+        image = image[..., None] if image.ndim == 3 else image
+        if image.ndim != 4 or image.shape[-1] != self.channels:
+            raise ValueError(f"{path} has shape {image.shape} but the model takes volumes (D, H, W) "
+                             f"of {self.channels} channel(s)")
+        normalised = self.transform(volume=image)["volume"]
+        return image, torch.from_numpy(np.ascontiguousarray(normalised.transpose(3, 0, 1, 2), np.float32))[None]
 
     def __call__(self, path: Path) -> tuple[np.ndarray, torch.Tensor]:
+        if self.volumes:
+            return self.volume(path)
         image = read_image(path)
         image = image[..., None] if image.ndim == 2 else image
         if image.shape[2] == self.channels + 1 and self.channels in (1, 3):
@@ -131,7 +150,7 @@ def display(image: np.ndarray) -> np.ndarray:
 
 def output_files(stem: str, output: Path) -> list[Path]:
     """Every file a prediction of ``<stem>`` may write into ``output``."""
-    return [output / f"{stem}.png", output / f"{stem}_probs.npy", output / f"{stem}_overlay.png"]
+    return [output / f"{stem}{suffix}" for suffix in (".png", ".tif", "_probs.npy", "_overlay.png")]
 
 
 def refuse_overwriting_inputs(files: list[Path], output: Path) -> None:
@@ -149,22 +168,23 @@ def predict(cfg: DictConfig | dict) -> dict:
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file")
-    predictor = Predictor(tta=cfg.get("tta"), tile_size=cfg.get("tile_size"),
-                          tile_overlap=cfg.get("tile_overlap", 0.25), tile_batch_size=cfg.get("tile_batch_size", 4))
-    files = list_inputs(cfg.input)
-    refuse_overwriting_inputs(files, Path(cfg.output))
+    predictor = Predictor.from_config(cfg)
     device = cfg.get("device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     task = load_task(cfg.ckpt_path, predictor=predictor).to(device).eval()  # refuses what it cannot run
+    preprocess, output = Preprocess(task), Path(cfg.output)
+    files = list_inputs(cfg.input, preprocess.suffixes)
+    refuse_overwriting_inputs(files, output)
+    if cfg.get("overlays") and preprocess.volumes:
+        raise ValueError("overlays=true draws 2D images; this checkpoint predicts volumes")
     if cfg.get("save_probs") and not task.per_pixel_maps:
         raise ValueError(f"save_probs=true: {type(task).__name__} gives no per-pixel maps to save "
                          "(they come from the binary, semantic and bottom-up instance tasks)")
     instance = isinstance(task, InstanceSegmentationTask)
     # Class ids fit 8 bits for up to 256 classes; instance ids need 16 (up to 65535 objects).
     label_dtype = np.uint16 if instance or len(task.class_names) > 256 else np.uint8
-    preprocess, output = Preprocess(task), Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     entries, failed = [], []
     with torch.inference_mode():
@@ -177,13 +197,17 @@ def predict(cfg: DictConfig | dict) -> dict:
                 failed.append({"file": str(path), "error": str(err)})
                 continue
             labels, probs, found = predict_one(task, images.to(device))
-            Image.fromarray(labels.astype(label_dtype)).save(output / f"{path.stem}.png")
+            label_file = f"{path.stem}.tif" if preprocess.volumes else f"{path.stem}.png"
+            if preprocess.volumes:  # a multi-page TIFF, one page per slice
+                tifffile.imwrite(output / label_file, labels.astype(label_dtype))
+            else:
+                Image.fromarray(labels.astype(label_dtype)).save(output / label_file)
             if cfg.get("save_probs"):
                 np.save(output / f"{path.stem}_probs.npy", probs.astype(np.float32))
             if cfg.get("overlays"):
                 shown = overlay(display(image), labels, instance=instance)
                 Image.fromarray(shown).save(output / f"{path.stem}_overlay.png")
-            entries.append({"file": str(path), "labels": f"{path.stem}.png",
+            entries.append({"file": str(path), "labels": label_file,
                             "size": list(labels.shape), **found,
                             "seconds": round(time.perf_counter() - started, 4)})
     index = {"ckpt_path": str(cfg.ckpt_path), "task": type(task).__name__,

@@ -89,6 +89,10 @@ def summarize(cfg, trainer: L.Trainer, task: SegmentationTask, summary: RunSumma
         "attempts": summary.attempts,
         "resumed_with_changes": OmegaConf.to_container(cfg.job_changes) if cfg.get("job_changes") else {},
         "images_per_second": summary.images_per_second,
+        # Peak memory of a training step, MiB: CUDA allocated tensors, or the CPU process's peak RSS;
+        # and the most one step added to the memory in use at its start (activations, gradients).
+        "peak_memory_mb": summary.peak_memory_mb,
+        "peak_step_growth_mb": summary.peak_step_growth_mb,
         **hydra_context(cfg),
         "history": summary.history,
     }

@@ -51,6 +51,11 @@ class PredictionImageLogger(L.Callback):
         instance = "instances" in outputs
         targets = batch["instances"] if instance else batch["mask"]
         preds = outputs["instances"] if instance else outputs["preds"]
+        if batch["image"].ndim == 5:  # volumes (N, C, D, H, W): their middle slices
+            middle = batch["image"].shape[2] // 2
+            batch = {**batch, "image": batch["image"][:, :, middle], "mask": batch["mask"][:, middle]}
+            targets, preds = targets[:, middle], preds[:, middle]
+            outputs = {**outputs, "preds": outputs["preds"][:, middle]}
         grid = prediction_grid(batch["image"][:n], preds[:n], targets[:n], ignore_index=ignore, instance=instance)
         folder = Path(trainer.default_root_dir) / self.dirname
         folder.mkdir(parents=True, exist_ok=True)

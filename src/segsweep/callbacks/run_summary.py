@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import resource
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,41 @@ def is_lower_better(name: str) -> bool:
         or name.startswith("time/")
         or name.rsplit("/", 1)[-1] in LOWER_IS_BETTER_METRICS
     )
+
+
+CLEAR_REFS, STATUS = "/proc/self/clear_refs", "/proc/self/status"
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start measuring a step's peak memory from now (CUDA: the allocator's peak; Linux CPU: the
+    process's peak RSS, VmHWM, which writing "5" to clear_refs resets to the current RSS); returns
+    the memory in use now (MiB), measured as ``peak_memory_mb`` measures."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open(CLEAR_REFS, "w") as clear:
+            clear.write("5")
+    except OSError:  # not Linux, or /proc read-only: the lifetime peak below is all there is
+        pass
+    return peak_memory_mb(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory (MiB) since ``reset_peak_memory``: on CUDA ``torch.cuda.max_memory_allocated``
+    (tensors only: weights, optimizer state, activations, gradients; not the allocator's cache);
+    on CPU the process's peak resident set size, everything the process holds (Python, libraries,
+    weights, data, activations), from /proc/self/status, else ``getrusage``'s lifetime peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open(STATUS) as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 class RunSummary(L.Callback):
@@ -43,6 +79,11 @@ class RunSummary(L.Callback):
         self._val_seconds = 0.0
         self._in_epoch = False
         self._loss_sum, self._loss_images = torch.zeros(()), 0
+        # Peak memory of a training step (rank zero's; see peak_memory_mb for what it counts), and
+        # the most a step added to what was in use when it started (activations, gradients).
+        self.peak_memory_mb: float | None = None
+        self.peak_step_growth_mb: float | None = None
+        self._step_start_mb = 0.0
         self.on_epoch_end = on_epoch_end  # e.g. write a "running" metrics.json after each epoch
 
     @property
@@ -54,7 +95,13 @@ class RunSummary(L.Callback):
         self._epoch_start, self._val_seconds, self._in_epoch = time.perf_counter(), 0.0, True
         self._loss_sum, self._loss_images = torch.zeros((), device=pl_module.device), 0
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step_start_mb = reset_peak_memory(pl_module.device)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        peak = peak_memory_mb(pl_module.device)
+        self.peak_memory_mb = max(self.peak_memory_mb or 0.0, peak)
+        self.peak_step_growth_mb = max(self.peak_step_growth_mb or 0.0, peak - self._step_start_mb)
         size = batch["image"].shape[0]
         self.train_images += size * trainer.world_size
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -103,6 +150,7 @@ class RunSummary(L.Callback):
             # The checkpoint is written before on_train_epoch_end: count the epoch's time so far.
             "train_seconds": self.train_seconds + self._epoch_train_seconds(),
             "attempts": self.attempts, "wall_seconds": self.wall_seconds,
+            "peak_memory_mb": self.peak_memory_mb, "peak_step_growth_mb": self.peak_step_growth_mb,
         }
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -117,6 +165,8 @@ class RunSummary(L.Callback):
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.attempts = int(state.get("attempts", 1)) + 1
         self.earlier_wall_seconds = float(state.get("wall_seconds", 0.0))
+        self.peak_memory_mb = state.get("peak_memory_mb")
+        self.peak_step_growth_mb = state.get("peak_step_growth_mb")
 
     def final(self) -> dict[str, float]:
         """The last validation epoch's values."""

@@ -56,13 +56,26 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> RawSample:
         raise NotImplementedError
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        # An (index, seed) key (segsweep.data.sampling.EpochSampler) fixes this sample's
-        # augmentation, whichever worker or rank loads it.
+    def seed_transform(self, key: int | tuple[int, int]) -> int:
+        """The index of a key; an (index, seed) key (segsweep.data.sampling.EpochSampler) fixes
+        this sample's augmentation, whichever worker or rank loads it."""
         index, augment_seed = key if isinstance(key, tuple) else (key, None)
         if augment_seed is not None and hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(augment_seed)
-        sample = self.load(index)
+        return index
+
+    def augment(self, name: str, size: tuple[int, ...], **targets) -> dict:
+        """``self.transform(**targets)``, its errors naming the sample (albumentations' do not)."""
+        try:
+            return self.transform(**targets)
+        except Exception as err:
+            raise ValueError(
+                f"augmenting sample {name!r} (size {tuple(size)}) failed: {err}; "
+                "check the augment config (e.g. augment.crop_size)"
+            ) from err
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        sample = self.load(self.seed_transform(key))
         image, masks = sample.image, [sample.mask]
         if sample.instances is not None:
             masks.append(sample.instances)
@@ -71,13 +84,7 @@ class SegmentationDataset(Dataset):
             # rotations move them with the pixels and Normalize leaves them alone.
             masks.extend(coordinate_maps(*image.shape[:2]))
         if self.transform is not None:
-            try:
-                out = self.transform(image=image, masks=masks)
-            except Exception as err:  # name the sample: albumentations' message does not
-                raise ValueError(
-                    f"augmenting sample {sample.name!r} (image {image.shape[:2]}) failed: {err}; "
-                    "check the augment config (e.g. augment.crop_size)"
-                ) from err
+            out = self.augment(sample.name, image.shape[:2], image=image, masks=masks)
             image, masks = out["image"], out["masks"]
         if image.ndim == 2:
             image = image[..., None]

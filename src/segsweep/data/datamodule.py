@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator, Mapping
 
 import lightning as L
@@ -15,6 +16,7 @@ from segsweep.data.base import SegmentationDataset
 from segsweep.data.sampling import EpochSampler
 
 STAGES = ("train", "val", "test")
+MAX_GPU_WORKERS = 8  # loader workers per GPU on GPU runs; more rarely help and cost memory
 
 
 def pad_collate(batch: list[dict], ignore_index: int) -> dict:
@@ -187,6 +189,20 @@ class SegmentationDataModule(L.LightningDataModule):
             # Load and augment one sample now, so bad files or a too-large crop fail before training.
             self.build(split)[0]
 
+    def loader_options(self) -> dict:
+        """Workers and memory pinning of every loader. On GPU runs memory is pinned (faster,
+        asynchronous copies to the GPU) and at least one worker per CPU of this rank, less one
+        for the rank itself, up to ``MAX_GPU_WORKERS``, prepares batches: a GPU step is too short
+        for the training process to augment its own. The CPUs are this process's share (its
+        affinity: ``hydra/launcher=gpus`` gives each job its own) split among the node's ranks."""
+        workers, pin = self.num_workers, self.pin_memory
+        if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            workers = max(workers, min(cpus // max(self.trainer.num_devices, 1) - 1, MAX_GPU_WORKERS))
+            pin = True
+        return {"num_workers": workers, "persistent_workers": workers > 0,
+                "worker_init_fn": seed_worker if workers > 0 else None, "pin_memory": pin}
+
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"
         dataset = self.build(stage)
@@ -200,10 +216,7 @@ class SegmentationDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
             drop_last=train and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker if self.num_workers > 0 else None,
-            pin_memory=self.pin_memory,
+            **self.loader_options(),
             collate_fn=functools.partial(pad_collate, ignore_index=self.ignore_index),
         )
 
@@ -212,9 +225,9 @@ class SegmentationDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sizes = self._eval_sizes.setdefault(stage, {})
 
-        def size_of(index: int) -> tuple[int, int]:
+        def size_of(index: int) -> tuple[int, ...]:
             if index not in sizes:  # datasets do not say their sizes: load the image once
-                sizes[index] = tuple(dataset[index]["image"].shape[-2:])
+                sizes[index] = tuple(dataset[index]["image"].shape[1:])  # (H, W) or (D, H, W)
             return sizes[index]
 
         batches = SameSizeBatches(dataset, self.eval_batch_size, size_of, num_replicas=world, rank=rank)
@@ -222,10 +235,7 @@ class SegmentationDataModule(L.LightningDataModule):
             BatchView(dataset),
             batch_size=None,  # the sampler yields whole batches
             sampler=batches,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker if self.num_workers > 0 else None,
-            pin_memory=self.pin_memory,
+            **self.loader_options(),
             collate_fn=functools.partial(pad_collate, ignore_index=self.ignore_index),
         )
 

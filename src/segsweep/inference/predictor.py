@@ -12,8 +12,8 @@ all go through ``task.predict``, so the same options give the same maps everywhe
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,24 +38,36 @@ class Predictor:
             probabilities averaged over the views, each mapped back first.
         tile_size: images with a side above this are predicted in overlapping square tiles
             blended with Gaussian weights (``sliding_window_probs``); ``None`` = whole images.
+            Volumes: one side for every axis, or ``(D, H, W)``.
         tile_overlap: share of a tile overlapping its neighbour, in ``[0, 1)``.
         tile_batch_size: tiles per network call: the memory bound of tiling.
     """
 
     tta: str | None = None
-    tile_size: int | None = None
+    tile_size: int | tuple[int, ...] | None = None
     tile_overlap: float = 0.25
     tile_batch_size: int = 4
 
     def __post_init__(self) -> None:
         if self.tta not in (None, *TTA_CHOICES):
             raise ValueError(f"tta={self.tta!r} is not one of {[None, *TTA_CHOICES]}")
-        if self.tile_size is not None and (not isinstance(self.tile_size, int) or self.tile_size < 1):
-            raise ValueError(f"tile_size={self.tile_size!r} must be a positive number of pixels or null")
+        per_axis = isinstance(self.tile_size, Sequence)  # a list, tuple or Hydra ListConfig
+        sides = list(self.tile_size) if per_axis else [self.tile_size]
+        if self.tile_size is not None and not all(isinstance(s, int) and s >= 1 for s in sides):
+            raise ValueError(f"tile_size={self.tile_size!r} must be a positive number of pixels, one per "
+                             "spatial axis (e.g. [16, 128, 128] for volumes), or null")
+        if per_axis:  # a plain tuple: hashable, and printable in metrics.json
+            object.__setattr__(self, "tile_size", tuple(sides))
         if not 0 <= self.tile_overlap < 1:
             raise ValueError(f"tile_overlap={self.tile_overlap!r} must be in [0, 1)")
         if not isinstance(self.tile_batch_size, int) or self.tile_batch_size < 1:
             raise ValueError(f"tile_batch_size={self.tile_batch_size!r} must be a positive integer")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> Predictor:
+        """The options of an entry point's config (``tta``, ``tile_size``, ``tile_overlap``,
+        ``tile_batch_size`` of ``conf/eval.yaml`` / ``conf/predict.yaml``), defaults for those absent."""
+        return cls(**{option.name: cfg.get(option.name, option.default) for option in fields(cls)})
 
     @property
     def plain(self) -> bool:

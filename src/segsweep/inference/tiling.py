@@ -10,6 +10,8 @@ neighbouring tile sees them closer to its centre; the weighted sum is divided by
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Callable
 
@@ -36,22 +38,23 @@ def tile_starts(length: int, tile: int, step: int) -> list[int]:
 
 
 def gaussian_importance_map(
-    height: int, width: int, sigma_scale: float | None = 1 / 8, min_weight: float = MIN_WEIGHT
+    *sizes: int, sigma_scale: float | None = 1 / 8, min_weight: float = MIN_WEIGHT
 ) -> Tensor:
-    """Blending weights ``(height, width)``: a Gaussian of ``sigma = side * sigma_scale``, max 1.
+    """Blending weights of a tile of ``sizes`` (``height, width`` or ``depth, height, width``): a
+    Gaussian of ``sigma = side * sigma_scale`` per axis, max 1.
 
     Values are clipped below at ``min_weight`` so that tile borders still count where no other
     tile covers them (image borders, corners). ``sigma_scale=None`` gives uniform weights (plain
     averaging of overlapping tiles).
     """
     if sigma_scale is None:
-        return torch.ones(height, width)
+        return torch.ones(sizes)
 
     def axis(n: int) -> Tensor:
         centre, sigma = (n - 1) / 2, max(n * sigma_scale, 1e-6)
         return torch.exp(-((torch.arange(n, dtype=torch.float64) - centre) ** 2) / (2 * sigma**2))
 
-    weights = torch.outer(axis(height), axis(width))  # separable: product of 1-D Gaussians
+    weights = functools.reduce(lambda w, n: w[..., None] * axis(n), sizes[1:], axis(sizes[0]))  # separable
     return (weights / weights.max()).clamp_min(min_weight).float()
 
 
@@ -59,19 +62,20 @@ def gaussian_importance_map(
 def sliding_window_probs(
     predict: Callable[[Tensor], Tensor],
     image: Tensor,
-    tile_size: int,
+    tile_size: int | tuple[int, ...],
     overlap: float = 0.25,
     batch_size: int = 4,
     sigma_scale: float | None = 1 / 8,
 ) -> Tensor:
-    """Probabilities ``(K, H, W)`` of one image ``(C, H, W)``, predicted tile by tile.
+    """Probabilities ``(K, H, W)`` of one image ``(C, H, W)``, predicted tile by tile; volumes
+    ``(C, D, H, W)`` alike, in tiles of ``D x H x W`` (``(K, D, H, W)``).
 
     Args:
         predict: maps images ``(N, C, h, w)`` to probabilities ``(N, K, h, w)`` of the same size
             (it pads to the model's output stride itself, as ``SegmentationTask.forward`` does).
         image: one image ``(C, H, W)``, already normalised as in training.
-        tile_size: side of the square tiles; best a multiple of the model's output stride and
-            as large as memory allows (fewer tile borders, more context). An image no larger than
+        tile_size: side of the square (cubic) tiles, or one side per axis; best a multiple of
+            the model's output stride and as large as memory allows (fewer tile borders, more context). An image no larger than
             one tile is predicted in one call; a side smaller than ``tile_size`` gives tiles of
             that side in that dimension.
         overlap: fraction of a tile shared with its neighbour; tiles start every
@@ -89,27 +93,33 @@ def sliding_window_probs(
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    if image.ndim != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
-    _, height, width = image.shape
-    if height <= tile_size and width <= tile_size:
+    if image.ndim not in (3, 4):
+        raise ValueError(f"image must be (C, H, W) or a volume (C, D, H, W), got shape {tuple(image.shape)}")
+    sizes = image.shape[1:]
+    tile_sides = tile_size if isinstance(tile_size, (tuple, list)) else (tile_size,) * len(sizes)
+    if len(tile_sides) != len(sizes):
+        raise ValueError(f"tile_size={tile_size} has {len(tile_sides)} sides for {len(sizes)} spatial axes")
+    if all(n <= t for n, t in zip(sizes, tile_sides, strict=True)):
         return predict(image[None])[0].to(image.device, torch.float32)
 
-    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
-    step = max(1, math.floor(tile_size * (1 - overlap)))
-    rows, cols = tile_starts(height, tile_h, step), tile_starts(width, tile_w, step)
-    corners = [(y, x) for y in rows for x in cols]
-    weight = gaussian_importance_map(tile_h, tile_w, sigma_scale).to(image.device)
+    tile = [min(t, n) for t, n in zip(tile_sides, sizes, strict=True)]
+    starts = [tile_starts(n, t, max(1, math.floor(side * (1 - overlap))))
+              for n, t, side in zip(sizes, tile, tile_sides, strict=True)]
+    corners = list(itertools.product(*starts))
+    weight = gaussian_importance_map(*tile, sigma_scale=sigma_scale).to(image.device)
+
+    def window(corner: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(c, c + t) for c, t in zip(corner, tile, strict=True))
 
     total: Tensor | None = None  # created at the first batch, once K is known
-    norm = torch.zeros(height, width, device=image.device)
+    norm = torch.zeros(sizes, device=image.device)
     for first in range(0, len(corners), batch_size):
         batch = corners[first : first + batch_size]
-        tiles = torch.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in batch])
+        tiles = torch.stack([image[(slice(None), *window(corner))] for corner in batch])
         probs = predict(tiles).to(image.device, torch.float32)
         if total is None:
-            total = torch.zeros(probs.shape[1], height, width, device=image.device)
-        for (y, x), tile_probs in zip(batch, probs, strict=True):
-            total[:, y : y + tile_h, x : x + tile_w] += tile_probs * weight
-            norm[y : y + tile_h, x : x + tile_w] += weight
+            total = torch.zeros(probs.shape[1], *sizes, device=image.device)
+        for corner, tile_probs in zip(batch, probs, strict=True):
+            total[(slice(None), *window(corner))] += tile_probs * weight
+            norm[window(corner)] += weight
     return total / norm
