@@ -284,6 +284,7 @@ def test_shipped_searches_sample_existing_keys_and_optimise_the_tasks_metric(sea
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow  # three processes (~50 s of CPU); the default suite runs DDP trials in test_distributed.py
 def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
     """Under DDP rank zero asks the pruner and broadcasts the answer: both ranks stop after the
     same epoch (no rank hangs in the next collective) and the trial is recorded as pruned."""

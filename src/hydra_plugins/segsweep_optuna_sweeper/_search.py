@@ -121,6 +121,7 @@ class Search:
 
     def tell(self, trial: Trial, result: JobReturn | Exception) -> None:
         value, error = outcome(result, self.sweeper.config.get("optimized_metric"))
+        # From the storage, not trial.user_attrs (a cache of this process): the job wrote it.
         pruned_at = self.study._storage.get_trial(trial._trial_id).user_attrs.get(PRUNED_ATTR)
         if error is not None:
             trial.set_user_attr(ERROR_ATTR, error)

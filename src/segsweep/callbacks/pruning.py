@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 
 from segsweep.callbacks.run_summary import to_float
 
@@ -102,9 +103,8 @@ class OptunaPruning(L.Callback):
             trainer.should_stop = True
             for logger in trainer.loggers:  # one number every logger keeps (W&B, CSV, TensorBoard)
                 logger.log_metrics({"optuna/pruned_at_epoch": epoch}, step=trainer.global_step)
-            if trainer.is_global_zero:
-                L.pytorch.utilities.rank_zero_info(
-                    f"Optuna trial {self.trial_ref.number} pruned after epoch {epoch} ({self.monitor} = {value})")
+            rank_zero_info(f"Optuna trial {self.trial_ref.number} pruned after epoch {epoch} "
+                           f"({self.monitor} = {self.last_value})")
 
 
 def pruning_callback(monitor: str) -> OptunaPruning | None:
