@@ -79,8 +79,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is not one of {list(SPLITS)}")
     L.seed_everything(cfg.seed, workers=True)
-    predictor = Predictor(tta=cfg.get("tta"), tile_size=cfg.get("tile_size"),
-                          tile_overlap=cfg.get("tile_overlap", 0.25), tile_batch_size=cfg.get("tile_batch_size", 4))
+    predictor = Predictor.from_config(cfg)
     task = load_task(cfg.ckpt_path, predictor=predictor)
     trained_with = OmegaConf.create(task.hparams.run_config or {})
     datamodule = build_datamodule(eval_data(cfg, trained_with))
