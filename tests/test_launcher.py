@@ -93,6 +93,38 @@ def test_a_raising_job_is_reported_as_the_basic_launcher_does(tmp_path):
     assert list(records) == [1] and records[1]["gpus"] == "0"  # the next job still ran
 
 
+def test_parallel_optuna_trials_run_as_ddp_jobs_on_two_gpu_slots_each(tmp_path):
+    """segsweep-train under hparams_search=optuna with n_jobs=2: both trials run at once, each a
+    ddp_cpu job whose two ranks see the same two of the four listed ids; the study gets each
+    trial's value (its best equals the leaderboard's best)."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([
+        sys.executable, "-m", "segsweep.train", "-m", "hydra/launcher=gpus", "hydra.launcher.devices=[0,1,2,3]",
+        "hydra.launcher.gpus_per_job=2", "trainer=ddp_cpu", "trainer.max_epochs=1", f"encoder={TINY_ENCODER}",
+        "data.dataset.image_size=64", "data.splits.train.num_images=4", "data.splits.val.num_images=2",
+        "data.splits.test.num_images=2", "data.batch_size=2", "augment.crop_size=64", "logger=none", "callbacks=none",
+        "+callbacks.probe._target_=launcher_probe.RecordDevices", f"+callbacks.probe.barrier={tmp_path / 'barrier'}",
+        "+callbacks.probe.jobs=2", "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false", "test=false", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2", "hydra.sweeper.params.loss='choice(dice)'",
+        "hydra.sweeper.params.model='choice(unet)'", f"hydra.sweeper.params.encoder='choice({TINY_ENCODER})'",
+        f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 2
+    ranks = [[json.loads((job / f"devices_rank{r}.json").read_text()) for r in (0, 1)] for job in jobs]
+    for job_ranks in ranks:
+        assert job_ranks[0]["gpus"] == job_ranks[1]["gpus"] and len(job_ranks[0]["gpus"].split(",")) == 2
+    assert {ranks[0][0]["gpus"], ranks[1][0]["gpus"]} == {"0,1", "2,3"}
+    # Both trials trained at the same time: each rank waited at its start for the other trial's
+    # (launcher_probe's barrier); one that waited in vain would have failed with a TimeoutError.
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    board = pd.read_csv(sweep / "leaderboard.csv")
+    assert (board["status"] == "completed").all() and best == pytest.approx(board["best val/iou"].max())
+
+
 def test_job_dirs_and_hydra_files_match_the_basic_launcher(tmp_path):
     grid = ("+x=1,2", "+sleep=0")
     basic, _, _ = sweep_app(tmp_path, *grid, launcher=(), name="basic")
@@ -106,3 +138,87 @@ def test_job_dirs_and_hydra_files_match_the_basic_launcher(tmp_path):
                    (sweep / job / ".hydra" / "overrides.yaml").read_text(), hydra["job"], hydra["overrides"]["task"])
 
     assert list(job_files(basic)) == list(job_files(gpus))
+
+
+# -- fast jobs on each GPU: trainer=gpu, the SpeedUps callback, the loaders of GPU runs ------------
+
+def test_gpu_trainers_compose_with_bf16_and_the_speed_callback(make_cfg):
+    for trainer in ("gpu", "ddp"):
+        for callbacks in ("default", "none"):  # the speed entry comes with the trainer, not the callbacks
+            cfg = make_cfg(f"trainer={trainer}", f"callbacks={callbacks}")
+            assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+            speed = cfg.callbacks.speed
+            assert speed._target_ == "segsweep.callbacks.speed.SpeedUps"
+            assert speed.channels_last and speed.cudnn_benchmark and not speed.compile
+    assert "speed" not in (make_cfg("trainer=cpu", "callbacks=default").callbacks or {})
+
+
+def test_speed_callback_makes_the_net_channels_last_and_compiles_it_in_place(make_cfg, monkeypatch):
+    import torch
+    from hydra.utils import instantiate
+
+    from segsweep.train import build_datamodule, build_task
+
+    cfg = make_cfg("model.base_width=4", "model.depth=2")
+    task = build_task(cfg, build_datamodule(cfg))
+    images = torch.randn(2, 3, 32, 32)
+    task.eval()
+    with torch.no_grad():
+        expected = task(images)
+    keys = list(task.state_dict())
+    speed = instantiate(make_cfg("trainer=gpu", "+callbacks.speed.compile_options.mode=max-autotune",
+                                 "callbacks.speed.compile=true").callbacks.speed)
+    speed.compile = False  # first channels-last alone: the same outputs
+    speed.setup(None, task, "fit")
+    weights = [p for p in task.net.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    with torch.no_grad():
+        assert torch.allclose(task(images), expected, atol=1e-5)
+    # Then compiled, with torch.compile replaced by a recorder: importing the compiler alone costs
+    # ~8 s on these cores (the GPU check runs the real one).
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(options) or fn)
+    speed.compile = True
+    speed.setup(None, task, "fit")
+    speed.setup(None, task, "test")  # once per net, whichever stage comes first
+    assert compiled == [{"mode": "max-autotune"}]
+    assert task.net._compiled_call_impl is not None  # nn.Module.compile: __call__ goes through torch.compile
+    assert list(task.state_dict()) == keys  # checkpoints keep their keys
+
+
+def test_cudnn_benchmark_is_on_for_training_crops_only():
+    import torch
+
+    from segsweep.callbacks.speed import SpeedUps
+
+    speed, before = SpeedUps(), torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        states = []
+        for hook in ("on_train_start", "on_validation_start", "on_validation_end", "on_train_end",
+                     "on_test_start", "on_test_end"):
+            getattr(speed, hook)(None, None)
+            states.append(torch.backends.cudnn.benchmark)
+        assert states == [True, False, True, False, False, False]
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_loaders_of_gpu_runs_pin_memory_and_use_the_cpus(make_cfg):
+    from types import SimpleNamespace
+
+    import torch
+
+    from segsweep.data.datamodule import MAX_GPU_WORKERS
+    from segsweep.train import build_datamodule
+
+    datamodule = build_datamodule(make_cfg())  # FAST: no workers, no pinning
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), num_devices=1,
+                                         world_size=1, global_rank=0, current_epoch=0)
+    loader = datamodule.train_dataloader()
+    assert (loader.num_workers, loader.pin_memory) == (0, False)
+    for ranks in (1, 2):
+        datamodule.trainer.strategy.root_device, datamodule.trainer.num_devices = torch.device("cuda", 0), ranks
+        cpus_per_rank = len(os.sched_getaffinity(0)) // ranks
+        for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+            assert loader.pin_memory and loader.num_workers == max(0, min(cpus_per_rank - 1, MAX_GPU_WORKERS))
