@@ -19,6 +19,7 @@ from conftest import CONFIG_DIR, FAST, TINY_ENCODER
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -296,3 +297,23 @@ def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
     (job_dir,) = job_dirs(sweep)
     run = metrics(job_dir)
     assert run["status"] == "pruned" and run["epochs"] == 1 and run["pruned_at_epoch"] == 0
+
+
+def test_direction_setting_beats_monitor_mode_and_a_study_keeps_its_direction(tmp_path):
+    search_, _ = scripted_search(tmp_path, [], direction="minimize")  # the app's monitor_mode is max
+    assert search_.study.direction == optuna.study.StudyDirection.MINIMIZE
+    with pytest.raises(ValueError, match="study 's' in .*optuna_journal.log was created to minimize"):
+        scripted_search(tmp_path, [])  # the same study, now asked to maximize
+
+
+@pytest.mark.parametrize("group, name", [*(("sampler", n) for n in ("tpe", "random", "cmaes", "qmc", "nsgaii")),
+                                         *(("pruner", n) for n in ("nop", "median", "percentile",
+                                                                    "successive_halving", "hyperband"))])
+def test_every_shipped_sampler_and_pruner_builds(group, name):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("train", overrides=["hparams_search=optuna", f"hydra/sweeper/{group}={name}"],
+                      return_hydra_config=True)
+    built = instantiate(cfg.hydra.sweeper[group])
+    assert isinstance(built, optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner)
+    GlobalHydra.instance().clear()
