@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import CONFIG_DIR, TINY_ENCODER
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -268,3 +269,19 @@ def test_repeats_multirun_reports_one_setup_of_two_seeds(tmp_path):
     assert sorted(jobs["seed"]) == [1, 2] and set(jobs["status"]) == {"completed"}
     setup = pd.read_csv(sweep / "leaderboard.csv").iloc[0]
     assert setup["n"] == 2 and setup["mean val/iou"] == pytest.approx(jobs["best val/iou"].mean())
+
+
+def test_repeats_sweep_cut_short_lists_its_seeds_and_unstarted_replicas(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (model, iou) in enumerate([("unet", 0.8), ("fpn", 0.7)]):  # Hydra's order: seed=1
+        overrides = ["seed=1", f"model={model}", "sweep=repeats"]  # with each model, then seed=2
+        write_job(sweep, f"{num}_{model}", completed(num, overrides, iou, 0.1, model), overrides)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({  # as Hydra saves it: unresolved
+        "sweep": {"repeats": 3},
+        "hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                              "params": {"seed": "${replica_seeds:${sweep.repeats}}"}},
+                  "overrides": {"task": ["model=unet,fpn", "sweep=repeats"]}}}))
+    setups = build_setups(collect(sweep)).set_index("model")
+    assert setups["n"].tolist() == [1, 1] and setups["excluded"].tolist() == ["2 not started"] * 2
+    markdown = write_report(sweep)["markdown"].read_text()
+    assert "`seed=1,2,3`" in markdown and "6 jobs" in markdown

@@ -133,7 +133,7 @@ def planned_jobs(sweep_dir: str | Path) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # Hydra's own expansion
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    params = [f"{key}={value}" for key, value in sweeper_params(config).items()]
     overrides = [*params, *((hydra.get("overrides") or {}).get("task") or [])]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -153,7 +153,7 @@ def read_sweep_info(sweep_dir: str | Path) -> SweepInfo:
         for override in (hydra.get("overrides") or {}).get("task") or []:
             value = str(override).partition("=")[2]
             (info.swept if SWEEP_VALUE.search(value) else info.fixed).append(str(override))
-        params = (hydra.get("sweeper") or {}).get("params") or {}  # sweep presets, Optuna spaces
+        params = sweeper_params(config)  # sweep presets, Optuna spaces
         info.swept += [f"{key}={spec}" for key, spec in params.items()]
     optuna = _read_yaml(Path(sweep_dir) / "optimization_results.yaml")
     if isinstance(optuna, dict):
@@ -162,6 +162,22 @@ def read_sweep_info(sweep_dir: str | Path) -> SweepInfo:
         else:  # multi-objective: every Pareto-optimal trial is "best"
             info.optuna_best = [s["params"] for s in optuna.get("solutions") or [] if "params" in s]
     return info
+
+
+def sweeper_params(config: dict) -> dict:
+    """multirun.yaml's ``hydra.sweeper.params`` as the sweeper saw them: Hydra saves them
+    unresolved, so ``sweep=repeats``' ``${replica_seeds:${sweep.repeats}}`` is resolved here
+    against the saved config (left as written if it cannot be)."""
+    from omegaconf import OmegaConf
+
+    from segsweep.resolvers import register
+
+    params = ((config.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    try:
+        register()
+        return OmegaConf.to_container(OmegaConf.create(config).hydra.sweeper.params, resolve=True)
+    except Exception:  # a resolver only Hydra's process has (${hydra:...}): keep the text
+        return params
 
 
 def _read_yaml(path: Path):

@@ -110,8 +110,9 @@ def build_setups(jobs_df: pd.DataFrame) -> pd.DataFrame | None:
     setup_keys = [k for k in attrs["override_keys"] if not is_replica_key(k)]
     if not replica_keys:
         return None
-    keyed = jobs_df.assign(_setup=jobs_df[setup_keys].astype(str).agg("\x1f".join, axis=1)
-                           if setup_keys else "").sort_values("job_num", kind="stable")
+    values = jobs_df[setup_keys].map(lambda v: "" if pd.isna(v) else _plain(v))
+    keyed = jobs_df.assign(_setup=values.agg("\x1f".join, axis=1) if setup_keys else "").sort_values(
+        "job_num", kind="stable")
     groups = keyed.groupby("_setup", sort=False)
     if groups.size().max() < 2:
         return None
