@@ -163,6 +163,25 @@ def test_a_resumed_search_reruns_interrupted_trials_under_their_numbers(tmp_path
     assert len({t.params["optimizer.lr"] for t in resumed.study.get_trials()}) == 3
 
 
+def test_the_best_trials_are_reevaluated_with_other_seeds_once(tmp_path):
+    # Search: trials 0-2 (0.5, 0.9, 0.7); then the top 2 (trials 1, 2) with seeds 7 and 8.
+    values = [0.5, 0.9, 0.7, 0.95, 0.85, 0.6, float("nan")]
+    search_, launcher = scripted_search(tmp_path, values, n_trials=3, reevaluate_top_k=2, reevaluate_seeds=[7, 8])
+    search_.run()
+    trials = search_.study.get_trials()
+    assert [first for first, _ in launcher.launches] == [0, 1, 2, 3, 4, 5, 6]  # after the search's numbers
+    repeats = [(t.user_attrs["reevaluates_trial"], t.user_attrs["seed"]) for t in trials[3:]]
+    assert repeats == [(1, 7), (1, 8), (2, 7), (2, 8)]
+    for (repeated, seed), trial, (_, (overrides,)) in zip(repeats, trials[3:], launcher.launches[3:], strict=True):
+        assert trial.params == trials[repeated].params and f"seed={seed}" in overrides
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["best_trial"] == 1 and results["best_value"] == 0.9  # a lucky seed is not the search's best
+    assert results["reevaluated"] == {1: {"seeds": [7, 8], "values": [0.95, 0.85]}, 2: {"seeds": [7], "values": [0.6]}}
+    again, launcher = scripted_search(tmp_path, [], n_trials=3, reevaluate_top_k=2, reevaluate_seeds=[7, 8])
+    again.run()  # re-running the finished search launches nothing (the failed one is not retried)
+    assert launcher.launches == [] and len(again.study.get_trials()) == 7
+
+
 def test_a_run_whose_loss_goes_nan_fails_at_once_with_the_epoch(make_cfg, tmp_path):
     cfg = make_cfg("optimizer.lr=1e30", "trainer.max_epochs=3")
     with pytest.raises(DivergedError, match=r"^diverged at epoch 0 \(step \d\): training loss is nan"):

@@ -25,7 +25,10 @@ from segsweep.callbacks.pruning import PRUNED_ATTR, PRUNER_ATTR, TrialRef, open_
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WAITING = (TrialState.WAITING,)
 ERROR_ATTR = "error"
+# Re-evaluation trials (hydra.sweeper.reevaluate_top_k): which search trial they repeat, with which seed.
+REEVALUATES_ATTR, SEED_ATTR = "reevaluates_trial", "seed"
 RESULTS_FILE = "optimization_results.yaml"
 
 
@@ -71,23 +74,47 @@ class Search:
         # RUNNING trials at start were interrupted (the search was killed): run them again first,
         # under their own numbers; the job resumes its dir (or returns its stored result).
         pending = [Trial(self.study, t._trial_id) for t in self.study.get_trials(False, states=(TrialState.RUNNING,))]
-        done = len(self.study.get_trials(False, states=FINISHED))
         log.info("Optuna study '%s' (%s, %s): %d trials finished, %d interrupted, %d in total",
-                 self.study.study_name, self.storage_spec, self.study.direction.name.lower(), done, len(pending),
-                 self.n_trials)
+                 self.study.study_name, self.storage_spec, self.study.direction.name.lower(),
+                 len(self.search_trials(FINISHED)), len(pending), self.n_trials)
         returns: list[JobReturn] = []
         while not self.too_many_failures():
-            room = self.n_trials - len(self.study.get_trials(False, states=FINISHED)) - len(pending)
+            room = self.n_trials - len(self.search_trials(FINISHED))
+            room -= sum(REEVALUATES_ATTR not in t.user_attrs for t in pending)
             batch, pending = pending[: self.sweeper.n_jobs], pending[self.sweeper.n_jobs:]
-            while len(batch) < self.sweeper.n_jobs and room > 0:
-                batch.append(self.study.ask(self.distributions))
-                room -= 1
+            while len(batch) < self.sweeper.n_jobs and (room > 0 or self.waiting_reevaluations()):
+                batch.append(self.study.ask(self.distributions))  # enqueued (WAITING) trials come first
+                room -= REEVALUATES_ATTR not in batch[-1].user_attrs
             if not batch:
-                break
+                if not self.enqueue_reevaluations():
+                    break
+                continue
             returns += self.launch(batch)
             self.write_results()
         self.write_results()
         return returns
+
+    def waiting_reevaluations(self) -> bool:
+        return any(REEVALUATES_ATTR in t.user_attrs for t in self.study.get_trials(False, states=WAITING))
+
+    def search_trials(self, states=None) -> list:
+        """The search's own trials (re-evaluations of its best ones left out)."""
+        return [t for t in self.study.get_trials(False, states=states) if REEVALUATES_ATTR not in t.user_attrs]
+
+    def enqueue_reevaluations(self) -> int:
+        """Enqueue the top-k search trials again with each of ``reevaluate_seeds`` (those not
+        run yet), so the leaderboard can tell a good set-up from a lucky seed; how many."""
+        k, seeds = self.sweeper.reevaluate_top_k, list(self.sweeper.reevaluate_seeds or [])
+        complete = self.search_trials((TrialState.COMPLETE,))
+        top = sorted(complete, key=lambda t: t.value, reverse=self.study.direction.name == "MAXIMIZE")[:k]
+        done = {(t.user_attrs[REEVALUATES_ATTR], t.user_attrs[SEED_ATTR]) for t in self.study.get_trials(False)
+                if REEVALUATES_ATTR in t.user_attrs}
+        missing = [(trial, seed) for trial in top for seed in seeds if (trial.number, seed) not in done]
+        for trial, seed in missing:
+            self.study.enqueue_trial(trial.params, user_attrs={REEVALUATES_ATTR: trial.number, SEED_ATTR: seed})
+        if missing:
+            log.info("Re-evaluating trials %s with seeds %s", [t.number for t in top], seeds)
+        return len(missing)
 
     def too_many_failures(self) -> bool:
         limit = self.sweeper.max_failures
@@ -117,7 +144,8 @@ class Search:
     def overrides(self, trial: Trial) -> list[str]:
         ref = TrialRef(self.storage_spec, self.study.study_name, trial.number)
         env = [f"++hydra.job.env_set.{key}={quote(value)}" for key, value in ref.env().items()]
-        return [*trial_overrides(trial.params, self.fixed), *env]
+        seed = {"seed": trial.user_attrs[SEED_ATTR]} if SEED_ATTR in trial.user_attrs else {}
+        return [*trial_overrides(trial.params, {**self.fixed, **seed}), *env]
 
     def tell(self, trial: Trial, result: JobReturn | Exception) -> None:
         value, error = outcome(result, self.sweeper.config.get("optimized_metric"))
@@ -147,8 +175,15 @@ class Search:
         """``optimization_results.yaml`` as the official plugin writes it (segsweep-report reads
         best_params / best_value), with the trial counts by state."""
         trials = self.study.get_trials(False)
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = self.study.best_trial if complete else None
+        complete = self.search_trials((TrialState.COMPLETE,))
+        pick = max if self.study.direction.name == "MAXIMIZE" else min
+        best = pick(complete, key=lambda t: t.value) if complete else None
+        repeats: dict[int, dict] = {}
+        for t in trials:
+            if REEVALUATES_ATTR in t.user_attrs and t.state == TrialState.COMPLETE:
+                repeat = repeats.setdefault(t.user_attrs[REEVALUATES_ATTR], {"seeds": [], "values": []})
+                repeat["seeds"].append(t.user_attrs[SEED_ATTR])
+                repeat["values"].append(t.value)
         results = {
             "name": "optuna",
             "study_name": self.study.study_name,
@@ -158,6 +193,7 @@ class Search:
             "best_value": best.value if best else None,
             "best_trial": best.number if best else None,
             "trials": {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState},
+            **({"reevaluated": repeats} if repeats else {}),  # search trial -> its other seeds' values
         }
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / RESULTS_FILE).write_text(yaml.safe_dump(results, sort_keys=False))

@@ -20,6 +20,10 @@ SWEEPER = {
     "n_jobs": 1,  # trials launched together (in parallel with a parallel launcher)
     "max_failures": None,  # stop the search after this many failed trials (null: never)
     "params": None,  # the search space: {key: "choice(a,b)" | "interval(lo,hi)" | ...}
+    # At the end, run the k best trials again with each of these seeds (extra trials, job dirs
+    # numbered after the search's): the leaderboard then groups each set-up's replicas.
+    "reevaluate_top_k": 0,
+    "reevaluate_seeds": [],
 }
 
 SAMPLERS = {

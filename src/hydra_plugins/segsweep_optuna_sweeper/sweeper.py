@@ -29,11 +29,12 @@ class OptunaSweeper(Sweeper):
 
     def __init__(self, sampler: DictConfig, pruner: DictConfig | None, direction: str | None, study_name: str,
                  storage: str | None, n_trials: int, n_jobs: int, max_failures: int | None,
-                 params: DictConfig | None) -> None:
+                 params: DictConfig | None, reevaluate_top_k: int = 0, reevaluate_seeds=()) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.direction, self.study_name, self.storage = direction, study_name, storage
         self.n_trials, self.n_jobs, self.max_failures = n_trials, n_jobs, max_failures
         self.params = params or {}
+        self.reevaluate_top_k, self.reevaluate_seeds = reevaluate_top_k, list(reevaluate_seeds or [])
         for key, value in {"n_trials": n_trials, "n_jobs": n_jobs}.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"hydra.sweeper.{key}={value!r}: give a positive integer")
