@@ -359,3 +359,31 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_whole(tmp_path):
 
     saved = read_checkpoint(target)
     assert float(saved["w"][0]) == saved["i"] and float(saved["w"][-1]) == saved["i"]
+
+
+def test_history_rows_hold_their_own_epochs_training_loss(make_cfg, monkeypatch):
+    """Lightning aggregates train/* logs after the epoch's checkpoint: the history must not carry
+    the previous epoch's values. Expected: the mean of the per-batch losses, collected apart."""
+    import lightning as L
+
+    import segsweep.train as training
+
+    seen: dict[int, list[tuple[float, int]]] = {}
+
+    class Collect(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).append((float(outputs["loss"]), len(batch["image"])))
+
+    build = training.build_trainer
+    monkeypatch.setattr(training, "build_trainer", lambda cfg, summary: _with(build(cfg, summary), Collect()))
+    result = training.train(make_cfg("trainer.max_epochs=2", "data.batch_size=3", "model.base_width=8"))
+    for row in result["history"]:
+        losses = seen[row["epoch"]]
+        expected = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+        assert row["train/loss"] == pytest.approx(expected, rel=1e-6)
+        assert {"train/loss/bce", "train/loss/dice"} <= set(row)
+
+
+def _with(trainer, callback):
+    trainer.callbacks.append(callback)
+    return trainer

@@ -134,11 +134,13 @@ class RunSummary(L.Callback):
             for k, v in trainer.callback_metrics.items()
             if not k.startswith(("test/", "train/")) and not k.endswith("_step")
         })
-        if trainer.training and self._loss_images:
+        if trainer.state.fn == "fit" and self._loss_images:  # validation inside fit, not validate()
             total = trainer.strategy.reduce(self._loss_sum.clone(), reduce_op="sum")
             images = trainer.strategy.reduce(torch.tensor(float(self._loss_images), device=total.device),
                                              reduce_op="sum")
             row["train/loss"] = to_float(total / images)
+            for name, mean in getattr(pl_module, "train_term_means", dict)().items():  # per loss term
+                row[name] = to_float(trainer.strategy.reduce(mean.clone(), reduce_op="mean"))
         self.history.append(row)
         if self.on_epoch_end is not None and trainer.is_global_zero:
             self.on_epoch_end(self)

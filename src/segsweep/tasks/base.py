@@ -153,12 +153,7 @@ class SegmentationTask(L.LightningModule):
                  prog_bar=stage == "train", sync_dist=stage != "train")
         terms = getattr(self.criterion, "last_terms", {})
         if stage == "train":
-            # Training loss terms: epoch means, summed here and logged at the epoch's end. A
-            # self.log call costs ~0.3-1 ms of Python (scripts/bench_overhead.py), against 10-50 ms
-            # for a whole GPU step; a running sum on the device costs microseconds.
-            for term, value in terms.items():
-                self._train_term_sums[term] = self._train_term_sums.get(term, 0.0) + value * batch_size
-            self._train_term_count += batch_size
+            self.accumulate_train_terms(terms, batch_size)
             return {"loss": loss}
         for term, value in terms.items():
             self.log(f"{stage}/loss/{term}", value, on_epoch=True, batch_size=batch_size, sync_dist=True)
@@ -166,13 +161,27 @@ class SegmentationTask(L.LightningModule):
         self.metrics[stage].update(preds, batch["mask"])
         return {"loss": loss, "preds": preds}
 
+    # Training loss terms: epoch means, summed on the device and logged at the epoch's end. A
+    # self.log call costs ~0.3-1 ms of Python (scripts/bench_overhead.py), against 10-50 ms for a
+    # whole GPU step; a running sum costs microseconds.
+    def accumulate_train_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        for term, value in terms.items():
+            self._train_term_sums[term] = self._train_term_sums.get(term, 0.0) + value.detach() * batch_size
+        self._train_term_count += batch_size
+
+    def train_term_means(self) -> dict[str, torch.Tensor]:
+        """``train/loss/<term>``: each loss term's mean over this rank's training images so far
+        this epoch (read by RunSummary for metrics.json, logged at the epoch's end)."""
+        count = getattr(self, "_train_term_count", 0)
+        return {f"train/loss/{t}": total / count for t, total in self._train_term_sums.items()} if count else {}
+
     def on_train_epoch_start(self) -> None:
         self._train_term_sums: dict[str, torch.Tensor] = {}
         self._train_term_count = 0
 
     def on_train_epoch_end(self) -> None:
-        for term, total in self._train_term_sums.items():
-            self.log(f"train/loss/{term}", total / self._train_term_count)
+        for name, mean in self.train_term_means().items():
+            self.log(name, mean)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         return self.shared_step(batch, "train")

@@ -176,12 +176,11 @@ class InstanceSegmentationTask(SegmentationTask):
             prog_bar=train,
             sync_dist=not train,
         )
-        for name, value in terms.items():
-            self.log(
-                f"{stage}/loss/{name}", value, on_epoch=True, batch_size=size, sync_dist=not train
-            )
         if train:
+            self.accumulate_train_terms(terms, size)
             return {"loss": loss}
+        for name, value in terms.items():
+            self.log(f"{stage}/loss/{name}", value, on_epoch=True, batch_size=size, sync_dist=True)
         started = time.perf_counter()
         prediction = self.postprocess(self.logits_to_probs(logits), valid)
         instances = self.evaluate(prediction.instances, batch, stage)

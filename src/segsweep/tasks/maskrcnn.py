@@ -189,13 +189,7 @@ class MaskRCNNTask(InstanceSegmentationTask):
             self.log(
                 "train/loss", loss, on_step=True, on_epoch=True, batch_size=size, prog_bar=True
             )
-            for name, value in terms.items():
-                self.log(
-                    f"train/loss/{name.removeprefix('loss_')}",
-                    value,
-                    on_epoch=True,
-                    batch_size=size,
-                )
+            self.accumulate_train_terms({k.removeprefix("loss_"): v for k, v in terms.items()}, size)
             return {"loss": loss}
         # In eval mode torchvision returns detections, not losses: no val/loss for Mask R-CNN.
         detections = self(batch["image"])
