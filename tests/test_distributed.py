@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-
 import time
 from pathlib import Path
 
@@ -34,7 +33,8 @@ TINY = ["trainer.max_epochs=1", f"encoder={TINY_ENCODER}", "data.dataset.image_s
 
 def run(*args, cwd, expect_code=0):
     # The ranks import this module for the test datasets below.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     done = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == expect_code, done.stdout[-2000:] + done.stderr[-4000:]
@@ -186,7 +186,8 @@ def validate(case: DictConfig, weights: str, eval_batch_size: int, devices: int)
 
 def validate_cases(cfg: DictConfig) -> dict:
     """A DDP job (``segsweep.launch`` runs it on each rank): validate every saved case."""
-    final = {name: validate(OmegaConf.load(case.config), case.weights, 3, devices=2) for name, case in cfg.cases.items()}
+    final = {name: validate(OmegaConf.load(case.config), case.weights, 3, devices=2)
+             for name, case in cfg.cases.items()}
     result = {"status": "completed", "final": final}
     write_metrics_json(cfg.paths.output_dir, result)
     return result
