@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# Older checkouts installed hydra-optuna-sweeper (Optuna 2): segsweep ships its own sweeper now.
+	$(BIN)/python -m pip uninstall -q -y hydra-optuna-sweeper 2>/dev/null || true
 	touch $(STAMP)
 
 train: install ## train the default: synthetic binary shapes, U-Net (ARGS="model=fpn ..." to change)
