@@ -40,7 +40,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from segsweep.train import CONFIG_DIR, build_datamodule, build_task, train
 
@@ -82,8 +82,10 @@ def make_cfg(output_dir: str, steps: int, overrides: list[str]):
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):  # as in the app: the job's cfg has no hydra node
         del cfg.hydra
-        # All steps in one epoch, as in a real run where epochs are long against the step.
-        cfg.data.splits.train.num_images = max(cfg.data.splits.train.num_images, steps * cfg.data.batch_size)
+        # All steps in one epoch, as in a real run where epochs are long against the step
+        # (generated data; a folder dataset has the images it has).
+        if OmegaConf.select(cfg, "data.splits.train.num_images") is not None:
+            cfg.data.splits.train.num_images = max(cfg.data.splits.train.num_images, steps * cfg.data.batch_size)
         cfg.callbacks = {**(cfg.callbacks or {}), "step_clock": {"_target_": f"{__name__}.StepClock"}}
     return cfg
 

@@ -16,7 +16,7 @@ script also reports the model's achieved TFLOP/s (FLOPs of one step counted with
 memory.
 
     python scripts/bench_throughput.py                                   # GPU: 512 px, batch 16
-    python scripts/bench_throughput.py --size 128 --batch 4 --steps 6 --warmup 2 trainer=cpu  # CPU
+    python scripts/bench_throughput.py --size 128 --batch 4 --steps 6 --warmup 2 --threads 1 trainer=cpu
     python scripts/bench_throughput.py data=isbi2012 augment=em          # real data and augmentations
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, run from anywhere
@@ -38,7 +39,7 @@ from bench_overhead import StepClock, make_cfg  # noqa: E402
 
 from segsweep.train import build_datamodule, build_task, train  # noqa: E402
 
-MODELS = {"unet-resnet34": ["model=unet", "encoder=resnet34"], "classic_unet (default)": ["model=classic_unet"]}
+MODELS = {"unet-resnet34": ["model=unet", "encoder=resnet34"], "classic_unet": ["model=classic_unet"]}  # + the default
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
                     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0}
@@ -130,17 +131,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="training batch size")
     parser.add_argument("--steps", type=int, default=30, help="timed steps (and batches) per measure")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN tuning, compile)")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {list(MODELS)}")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer=cpu data=isbi2012")
     args = parser.parse_args()
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; choose from {list(MODELS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
     trainer = "trainer=gpu" if torch.cuda.is_available() else "trainer=cpu"
     device = torch.device("cuda" if torch.cuda.is_available() and "trainer=cpu" not in args.overrides else "cpu")
     rows = []
-    for name in args.models:
+    for name in args.models.split(","):
         cfg = make_cfg("unused", args.warmup + args.steps, [
             trainer, "logger=csv", *MODELS[name], f"augment.crop_size={args.size}", f"data.batch_size={args.batch}",
-            f"data.dataset.image_size={args.size}", *args.overrides])
+            *args.overrides])
+        if OmegaConf.select(cfg, "data.dataset.image_size") is not None:  # generated data: crops = images
+            cfg.data.dataset.image_size = args.size
         data, workers = data_images_per_second(cfg, args.steps, args.warmup)
         model = model_step_figures(cfg, args.steps, args.warmup, device)
         whole = whole_step_images_per_second(cfg, args.steps, args.warmup)

@@ -67,8 +67,10 @@ def test_null_devices_take_the_visible_gpus(monkeypatch):
 def test_jobs_run_side_by_side_on_disjoint_slots_from_a_queue(tmp_path):
     # Job 0 sleeps 10x longer than jobs 1 and 2: with a queue, both short jobs run one after the
     # other on the second slot while job 0 still holds the first (fixed batches would make job 2 wait).
-    _, records, _ = sweep_app(tmp_path, "hydra.launcher.devices=[3,5]", "+x=10,1,1", "+sleep=0.4")
+    sweep, records, _ = sweep_app(tmp_path, "hydra.launcher.devices=[3,5]", "+x=10,1,1", "+sleep=0.4")
     assert sorted(records) == [0, 1, 2]
+    assert len({r["pid"] for r in records.values()} | {os.getpid()}) == 4  # each job its own process
+    assert all((sweep / ".gpu_launcher" / f"{num}.log").is_file() for num in records)  # console output
     assert {r["gpus"] for r in records.values()} == {"3", "5"}
     assert_no_shared_device(list(records.values()))
     assert overlap(records[0], records[1]) and overlap(records[0], records[2])

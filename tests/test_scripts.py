@@ -7,12 +7,27 @@ import sys
 
 from conftest import ROOT
 
+TINY_RUN = ["data.dataset.image_size=64", "data.splits.train.num_images=8", "data.splits.val.num_images=2",
+            "callbacks=none", "logger=csv", "+trainer.enable_progress_bar=false"]
 
-def test_bench_overhead_prints_a_ratio(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bench_overhead.py", "--steps", "2", "--rounds", "1",
-                                      "data.dataset.image_size=64", "data.splits.train.num_images=8",
-                                      "data.splits.val.num_images=2", "data.batch_size=4", "callbacks=none",
-                                      "+trainer.enable_progress_bar=false"])
-    runpy.run_path(str(ROOT / "scripts" / "bench_overhead.py"), run_name="__main__")
-    out = capsys.readouterr().out
-    assert "segsweep / bare: median" in out and "round 1:" in out
+
+def run_script(name, args, monkeypatch, capsys) -> str:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as when run: the script's own folder first
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    runpy.run_path(str(ROOT / "scripts" / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_bench_overhead_prints_the_extra_time_per_step(monkeypatch, capsys):
+    out = run_script("bench_overhead.py", ["--steps", "3", "--rounds", "1", *TINY_RUN], monkeypatch, capsys)
+    assert "round 1:" in out and "segsweep fixed cost per run" in out
+    assert "segsweep extra per step (wall time): median" in out and "(CPU time)" in out
+
+
+def test_bench_throughput_measures_data_model_and_whole_step(monkeypatch, capsys):
+    out = run_script("bench_throughput.py", ["--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1",
+                                             "--models", "classic_unet", "trainer=cpu", "model.base_width=4",
+                                             *TINY_RUN], monkeypatch, capsys)
+    line = next(line for line in out.splitlines() if line.startswith("classic_unet"))
+    assert "(a) data" in line and "(b) model" in line and "(c) step" in line and "data/model" in line
+    assert "GFLOP/s" in out
