@@ -43,6 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from segsweep.train import CONFIG_DIR, build_datamodule, build_task, train
+from segsweep.utils.run import run_job
 
 # A model whose step is short (a few ms on a GPU, tens on a CPU core), so framework costs show.
 SMALL = ["trainer=cpu", "model=classic_unet", "model.base_width=4", "model.depth=2", "data.dataset.image_size=64",
@@ -93,7 +94,7 @@ def make_cfg(output_dir: str, steps: int, overrides: list[str]):
 def run_segsweep(cfg) -> tuple[float, float, float]:
     """(loop seconds, loop CPU seconds, whole ``train()`` seconds)."""
     start = time.perf_counter()
-    train(cfg)
+    run_job(train, cfg)  # as segsweep-train runs it (the W&B run is finished after each run)
     total = time.perf_counter() - start
     clock = StepClock.latest
     return clock.last - clock.first, clock.last_cpu - clock.first_cpu, total
