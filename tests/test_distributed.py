@@ -60,7 +60,8 @@ def test_ddp_multirun_jobs_are_single_exact_and_repeatable(tmp_path, make_cfg):
     assert len([p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 2
     first, second = (json.loads((job / "metrics.json").read_text()) for job in jobs)
     assert first["status"] == "completed" and first["final"] == second["final"]
-    assert (sweep / "leaderboard.csv").read_text().count("completed") == 2
+    # seed=3,3: two replicas of one set-up (leaderboard.csv ranks set-ups, the jobs file every job)
+    assert (sweep / "leaderboard_jobs.csv").read_text().count("completed") == 2
     assert not (jobs[0] / "wandb").exists()  # csv logger only; one csv dir, written by rank zero
     assert len(list((jobs[0] / "csv").iterdir())) == 1
 
