@@ -123,7 +123,8 @@ def test_parallel_optuna_trials_run_as_ddp_jobs_on_two_gpu_slots_each(tmp_path):
     # Both trials trained at the same time: each rank waited at its start for the other trial's
     # (launcher_probe's barrier); one that waited in vain would have failed with a TimeoutError.
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
-    board = pd.read_csv(sweep / "leaderboard.csv")
+    jobs_csv = sweep / "leaderboard_jobs.csv"  # written beside leaderboard.csv when jobs are replicas
+    board = pd.read_csv(jobs_csv if jobs_csv.is_file() else sweep / "leaderboard.csv")
     assert (board["status"] == "completed").all() and best == pytest.approx(board["best val/iou"].max())
 
 
