@@ -48,8 +48,8 @@ def replica_job(sweep, num: int, model: str, seed: int, iou: float, status: str 
 
 @pytest.fixture
 def replicas(tmp_path):
-    """4 set-ups x seeds 1-3 (linknet: one seed), plus a failed and an interrupted replica and
-    a set-up whose every replica failed."""
+    """4 set-ups x seeds 1-3 (linknet: one seed), plus a failed, an interrupted and a pruned
+    replica and a set-up whose every replica failed."""
     sweep = tmp_path / "sweep"
     num = 0
     for model, values in VALUES.items():
@@ -61,6 +61,7 @@ def replicas(tmp_path):
     replica_job(sweep, num + 1, "pan", 4, 0.0, status="interrupted")
     replica_job(sweep, num + 2, "manet", 1, 0.0, status="failed")
     replica_job(sweep, num + 3, "manet", 2, 0.0, status="failed")
+    replica_job(sweep, num + 4, "fpn", 4, 0.0, status="pruned")
     return sweep
 
 
@@ -96,6 +97,7 @@ def test_setups_group_seeds_rank_by_mean_and_flag_ties(replicas):
     assert pan["p vs best"] == pytest.approx(2 * (1 - t4_cdf(0.01 / math.sqrt(2 * 0.0004 / 3))))
     # fpn: t = 0.11 / sqrt(0.0004/3 + 0.0001/3) = 8.52 on ~2.9 Welch dof: far below 0.05.
     assert fpn["tied with best"] == "no" and fpn["p vs best"] < 0.01
+    assert fpn["n"] == 3 and fpn["excluded"] == "1 pruned"
     linknet = setups.loc["linknet"]
     assert linknet["n"] == 1 and linknet["tied with best"] == "untested (1 replica)"
     assert pd.isna(linknet["sd val/iou"]) and pd.isna(linknet["p vs best"])
@@ -151,13 +153,13 @@ def test_report_shows_setup_table_error_bars_and_job_table(replicas):
     setups, jobs = pd.read_csv(paths["csv"]), pd.read_csv(paths["jobs_csv"])
     assert setups["model"].tolist() == ["unet", "pan", "linknet", "fpn", "manet"]
     assert setups.loc[0, "val/iou per replica"] == "0.8;0.82;0.84"
-    assert len(jobs) == 14 and jobs.loc[0, "job"] == "2_unet-resnet18-dice"
+    assert len(jobs) == 15 and jobs.loc[0, "job"] == "2_unet-resnet18-dice"
     markdown = paths["markdown"].read_text()
     assert "Welch" in markdown and "Student t" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("|") and "| unet " in line)
     half = T_975_2DOF * 0.02 / 3 ** 0.5
     assert f"[{0.82 - half:.4f}, {0.82 + half:.4f}]" in row and "0.8000, 0.8200, 0.8400" in row
-    assert "## Jobs" in markdown and "14 jobs" in markdown
+    assert "## Jobs" in markdown and "15 jobs" in markdown
     html = paths["html"].read_text()
     assert 'class="completed tied"' in html and "untested (1 replica)" in html
     axes = metric_bars(build_setups(collect(replicas))).axes[0]
