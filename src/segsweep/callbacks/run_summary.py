@@ -78,7 +78,6 @@ class RunSummary(L.Callback):
         self._val_start = 0.0
         self._val_seconds = 0.0
         self._in_epoch = False
-        self._loss_sum, self._loss_images = torch.zeros(()), 0
         # Peak memory of a training step (rank zero's; see peak_memory_mb for what it counts), and
         # the most a step added to what was in use when it started (activations, gradients).
         self.peak_memory_mb: float | None = None
@@ -93,7 +92,6 @@ class RunSummary(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start, self._val_seconds, self._in_epoch = time.perf_counter(), 0.0, True
-        self._loss_sum, self._loss_images = torch.zeros((), device=pl_module.device), 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._step_start_mb = reset_peak_memory(pl_module.device)
@@ -102,12 +100,7 @@ class RunSummary(L.Callback):
         peak = peak_memory_mb(pl_module.device)
         self.peak_memory_mb = max(self.peak_memory_mb or 0.0, peak)
         self.peak_step_growth_mb = max(self.peak_step_growth_mb or 0.0, peak - self._step_start_mb)
-        size = batch["image"].shape[0]
-        self.train_images += size * trainer.world_size
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):  # summed on the device: no sync per step
-            self._loss_sum += loss.detach().float() * size
-            self._loss_images += size
+        self.train_images += batch["image"].shape[0] * trainer.world_size
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._val_start = time.perf_counter()
@@ -128,19 +121,17 @@ class RunSummary(L.Callback):
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         # Lightning aggregates the epoch's train/* logs only after every on_train_epoch_end hook
         # (and the checkpoint): at this point they still hold the previous epoch's values. So the
-        # row takes eval metrics from Lightning and this epoch's mean training loss from its own sums.
+        # row takes eval metrics from Lightning and this epoch's training loss from the task's sums.
         row.update({
             k.removesuffix("_epoch"): to_float(v)
             for k, v in trainer.callback_metrics.items()
             if not k.startswith(("test/", "train/")) and not k.endswith("_step")
         })
-        if trainer.state.fn == "fit" and self._loss_images:  # validation inside fit, not validate()
-            total = trainer.strategy.reduce(self._loss_sum.clone(), reduce_op="sum")
-            images = trainer.strategy.reduce(torch.tensor(float(self._loss_images), device=total.device),
-                                             reduce_op="sum")
-            row["train/loss"] = to_float(total / images)
-            for name, mean in getattr(pl_module, "train_term_means", dict)().items():  # per loss term
-                row[name] = to_float(trainer.strategy.reduce(mean.clone(), reduce_op="mean"))
+        sums, images = pl_module.train_loss_sums() if hasattr(pl_module, "train_loss_sums") else ({}, 0)
+        if trainer.state.fn == "fit" and images:  # validation inside fit, not validate()
+            count = trainer.strategy.reduce(torch.tensor(float(images), device=pl_module.device), reduce_op="sum")
+            for name, total in sums.items():
+                row[name] = to_float(trainer.strategy.reduce(total.clone(), reduce_op="sum") / count)
         self.history.append(row)
         if self.on_epoch_end is not None and trainer.is_global_zero:
             self.on_epoch_end(self)

@@ -149,39 +149,42 @@ class SegmentationTask(L.LightningModule):
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         batch_size = batch["image"].shape[0]
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, batch_size=batch_size,
-                 prog_bar=stage == "train", sync_dist=stage != "train")
         terms = getattr(self.criterion, "last_terms", {})
         if stage == "train":
-            self.accumulate_train_terms(terms, batch_size)
-            return {"loss": loss}
+            return self.train_step_output(loss, terms, batch_size)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for term, value in terms.items():
             self.log(f"{stage}/loss/{term}", value, on_epoch=True, batch_size=batch_size, sync_dist=True)
         preds = self.postprocess(self.logits_to_probs(logits)).labels
         self.metrics[stage].update(preds, batch["mask"])
         return {"loss": loss, "preds": preds}
 
-    # Training loss terms: epoch means, summed on the device and logged at the epoch's end. A
-    # self.log call costs ~0.3-1 ms of Python (scripts/bench_overhead.py), against 10-50 ms for a
-    # whole GPU step; a running sum costs microseconds.
-    def accumulate_train_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        for term, value in terms.items():
-            self._train_term_sums[term] = self._train_term_sums.get(term, 0.0) + value.detach() * batch_size
-        self._train_term_count += batch_size
+    # Training loss: summed on the device each step, logged as epoch means at the epoch's end and
+    # per step only every log_every_n_steps. A self.log call costs ~1 ms of Python
+    # (scripts/bench_overhead.py), against 10-50 ms for a whole GPU step; a running sum, microseconds.
+    def train_step_output(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], batch_size: int) -> dict:
+        """Account one training step's loss and terms; the dict ``training_step`` returns."""
+        values = {"train/loss": loss, **{f"train/loss/{t}": v for t, v in terms.items()}}
+        for name, value in values.items():
+            self._train_sums[name] = self._train_sums.get(name, 0.0) + value.detach() * batch_size
+        self._train_images += batch_size
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        return {"loss": loss}
 
-    def train_term_means(self) -> dict[str, torch.Tensor]:
-        """``train/loss/<term>``: each loss term's mean over this rank's training images so far
-        this epoch (read by RunSummary for metrics.json, logged at the epoch's end)."""
-        count = getattr(self, "_train_term_count", 0)
-        return {f"train/loss/{t}": total / count for t, total in self._train_term_sums.items()} if count else {}
+    def train_loss_sums(self) -> tuple[dict[str, torch.Tensor], int]:
+        """This epoch's summed training loss and terms (``train/loss``, ``train/loss/<term>``) over
+        this rank's images so far, and that number of images: RunSummary reduces them over ranks."""
+        return dict(getattr(self, "_train_sums", {})), getattr(self, "_train_images", 0)
 
     def on_train_epoch_start(self) -> None:
-        self._train_term_sums: dict[str, torch.Tensor] = {}
-        self._train_term_count = 0
+        self._train_sums: dict[str, torch.Tensor] = {}
+        self._train_images = 0
 
     def on_train_epoch_end(self) -> None:
-        for name, mean in self.train_term_means().items():
-            self.log(name, mean)
+        sums, images = self.train_loss_sums()
+        for name, total in sums.items():
+            self.log(name, total / max(images, 1), sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> dict:
         return self.shared_step(batch, "train")

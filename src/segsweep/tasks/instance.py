@@ -166,19 +166,10 @@ class InstanceSegmentationTask(SegmentationTask):
             return {"preds": prediction.labels, "instances": instances}
         logits = self(batch["image"])
         loss, terms = self.compute_loss(logits, batch)
-        size, train = batch["image"].shape[0], stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=train,
-            on_epoch=True,
-            batch_size=size,
-            prog_bar=train,
-            sync_dist=not train,
-        )
-        if train:
-            self.accumulate_train_terms(terms, size)
-            return {"loss": loss}
+        size = batch["image"].shape[0]
+        if stage == "train":
+            return self.train_step_output(loss, terms, size)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=size, sync_dist=True)
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, on_epoch=True, batch_size=size, sync_dist=True)
         started = time.perf_counter()

@@ -186,11 +186,7 @@ class MaskRCNNTask(InstanceSegmentationTask):
         if stage == "train":
             terms = self.net(list(batch["image"]), self._targets(batch))
             loss = sum(terms.values())
-            self.log(
-                "train/loss", loss, on_step=True, on_epoch=True, batch_size=size, prog_bar=True
-            )
-            self.accumulate_train_terms({k.removeprefix("loss_"): v for k, v in terms.items()}, size)
-            return {"loss": loss}
+            return self.train_step_output(loss, {k.removeprefix("loss_"): v for k, v in terms.items()}, size)
         # In eval mode torchvision returns detections, not losses: no val/loss for Mask R-CNN.
         detections = self(batch["image"])
         started = time.perf_counter()
