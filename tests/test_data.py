@@ -177,6 +177,12 @@ def test_context_slices_need_a_stack(tmp_path):
         _ = dm.in_channels
 
 
+def cpu_trainer(world_size: int, rank: int) -> SimpleNamespace:
+    """What the datamodule reads of a Trainer: a CPU rank ``rank`` of ``world_size``."""
+    return SimpleNamespace(world_size=world_size, global_rank=rank, num_devices=world_size,
+                           strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+
 SIZES = {"a": (24, 32), "b": (16, 16), "c": (24, 32), "d": (16, 16), "e": (24, 32), "f": (20, 16), "g": (24, 32)}
 
 
@@ -197,7 +203,7 @@ def test_eval_batches_hold_one_image_size_and_every_image_once(tmp_path, world_s
     seen = []
     for rank in range(world_size):
         dm = mixed_size_datamodule(tmp_path, eval_batch_size=2)
-        dm.trainer = SimpleNamespace(world_size=world_size, global_rank=rank)
+        dm.trainer = cpu_trainer(world_size, rank)
         for batch in dm.val_dataloader():
             assert {SIZES[name] for name in batch["name"]} == {tuple(batch["image"].shape[-2:])}
             assert len(batch["name"]) <= 2 and (batch["mask"] != 255).all()  # nothing padded

@@ -128,7 +128,8 @@ def test_submitit_local_executor_runs_a_job(tmp_path):
 def test_eval_loaders_shard_without_repeats_under_ddp():
     """Each of 5 images is evaluated by exactly one of 2 ranks (Lightning's default pads to 6)."""
     import functools
-    from types import SimpleNamespace
+
+    from test_data import cpu_trainer
 
     from segsweep.data import SegmentationDataModule
 
@@ -136,7 +137,7 @@ def test_eval_loaders_shard_without_repeats_under_ddp():
     for rank in (0, 1):
         dm = SegmentationDataModule(dataset=functools.partial(SyntheticShapes, image_size=32),
                                     splits={"train": {"num_images": 4}, "val": {"num_images": 5}})
-        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        dm.trainer = cpu_trainer(2, rank)
         seen += [name for batch in dm.val_dataloader() for name in batch["name"]]
     assert sorted(seen) == [f"synthetic_0_{i:05d}" for i in range(5)]
 

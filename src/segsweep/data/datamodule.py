@@ -49,11 +49,11 @@ class SameSizeBatches(DistributedSampler):
     ``None`` and its dataset a ``BatchView``).
     """
 
-    def __init__(self, dataset, batch_size: int, size_of: Callable[[int], tuple[int, int]],
+    def __init__(self, dataset, batch_size: int, size_of: Callable[[int], tuple[int, ...]],
                  num_replicas: int = 1, rank: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         shard = list(range(rank, len(dataset), num_replicas))
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
         for index in shard:  # batch size 1 needs no sizes (loading them costs a pass over the data)
             groups.setdefault(size_of(index) if batch_size > 1 else (), []).append(index)
         self.batches = [group[i : i + batch_size] for group in groups.values()
@@ -142,7 +142,7 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(f"data.context_slices={context_slices} must be >= 0")
         self.input_options = {"add_coords": bool(add_coords), "context_slices": int(context_slices)}
         self.datasets: dict[str, SegmentationDataset] = {}
-        self._eval_sizes: dict[str, dict[int, tuple[int, int]]] = {}
+        self._eval_sizes: dict[str, dict[int, tuple[int, ...]]] = {}
 
     def build(self, stage: str, transform="default") -> SegmentationDataset:
         """The dataset of one split, built once (``transform`` overrides the split's pipeline)."""
