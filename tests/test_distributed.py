@@ -246,3 +246,15 @@ def test_a_failing_rank_ends_the_job_with_its_own_error(tmp_path):
     assert "test_distributed.py" in metrics["traceback"] and "in load" in metrics["traceback"]
     rank_error = json.loads((tmp_path / "run" / "ddp" / "rank1.error.json").read_text())
     assert rank_error["rank"] == 1 and "unreadable" in rank_error["traceback"]
+
+
+def test_the_other_ranks_are_stopped_when_one_fails():
+    """A rank left waiting for a failed peer (here: sleeping) is killed after the grace period."""
+    from segsweep.launch import wait_for_ranks
+
+    started = time.monotonic()
+    ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),
+             subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])]
+    codes = wait_for_ranks(ranks, grace_s=1.0)
+    assert codes[1] == 1 and codes[0] != 0  # killed, not finished
+    assert time.monotonic() - started < 20
