@@ -118,7 +118,12 @@ def rank_error_path(ddp_dir: Path, rank: int) -> Path:
 
 def first_rank_failure(ddp_dir: Path) -> dict | None:
     """The error a rank recorded first: the cause (ranks failing after it lost their peer)."""
-    failures = [json.loads(path.read_text()) for path in sorted(ddp_dir.glob("rank*.error.json"))]
+    failures = []
+    for path in sorted(ddp_dir.glob("rank*.error.json")):
+        try:
+            failures.append(json.loads(path.read_text()))
+        except ValueError:  # a rank killed while writing it: the others still tell
+            continue
     return min(failures, key=lambda failure: failure["time"]) if failures else None
 
 
