@@ -139,7 +139,9 @@ def worker(config_path: str) -> None:
     if result.get("status") == "failed":
         rank = int(os.environ.get("RANK", 0))
         failure = {"rank": rank, "time": time.time(), "error": result["error"], "traceback": result["traceback"]}
-        rank_error_path(Path(config_path).parent, rank).write_text(json.dumps(failure, indent=2))
+        path = rank_error_path(Path(config_path).parent, rank)
+        path.with_suffix(".tmp").write_text(json.dumps(failure, indent=2))
+        path.with_suffix(".tmp").replace(path)  # whole or absent when the launcher reads it
         sys.exit(1)
 
 
