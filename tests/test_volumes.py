@@ -268,7 +268,7 @@ def test_training_on_synthetic_3d_learns(tmp_path):
     assert saved["peak_memory_mb"] > saved["peak_step_growth_mb"] > 0
 
 
-@pytest.mark.slow  # two ranks start in ~100 s on a loaded 2-core machine: beyond the default run's budget
+@pytest.mark.slow  # two ranks: 45 s on 2 idle cores, 100 s loaded; beyond the default run's budget
 def test_3d_under_ddp_cpu_equals_one_process(tmp_path, make_cfg):
     """Two ranks evaluate one test volume each; a single process evaluating the same checkpoint
     gets the same Dice and IoU (volumes are never padded or counted twice)."""
