@@ -387,3 +387,15 @@ def test_history_rows_hold_their_own_epochs_training_loss(make_cfg, monkeypatch)
 def _with(trainer, callback):
     trainer.callbacks.append(callback)
     return trainer
+
+
+def test_a_new_job_dir_keeps_hydras_own_files(make_cfg):
+    """Hydra writes .hydra/ and the job's log before the job starts: a first start moves nothing."""
+    from segsweep.utils.jobdir import plan_job
+
+    cfg = make_cfg()
+    job = Path(cfg.paths.output_dir)
+    (job / ".hydra").mkdir(parents=True)
+    (job / "train.log").write_text("[hydra] starting\n")
+    assert plan_job(cfg).action == "start"
+    assert (job / "train.log").is_file() and not (job / "previous").exists()

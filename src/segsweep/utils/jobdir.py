@@ -129,10 +129,12 @@ def process_alive(host: str | None, pid: int | None) -> bool | None:
 
 
 def move_aside(job_dir: Path, reason: str) -> Path | None:
-    """Move everything but Hydra's own ``.hydra/`` and older ``previous/`` into
-    ``previous/<time>/``; return that dir (None if there was nothing to move)."""
+    """Move everything but Hydra's own files (``.hydra/`` and the job's ``<name>.log``, which Hydra
+    has open right now) and older ``previous/`` into ``previous/<time>/``; return that dir (None
+    if there was nothing to move)."""
     keep = {".hydra", PREVIOUS_DIR}
-    entries = [p for p in job_dir.iterdir() if p.name not in keep] if job_dir.is_dir() else []
+    entries = [p for p in job_dir.iterdir() if p.name not in keep and not (p.is_file() and p.suffix == ".log")
+               ] if job_dir.is_dir() else []
     if not entries:
         return None
     target = job_dir / PREVIOUS_DIR / time.strftime("%Y%m%d-%H%M%S")
