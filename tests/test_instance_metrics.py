@@ -448,3 +448,12 @@ def test_an_undefined_ap_is_null_in_metrics_json_and_never_ranked(tmp_path):
     table = collect(tmp_path, metric="val/ap50", mode="max")
     assert table["job"].tolist() == ["1_job", "0_job"]
     assert table["rank"].tolist()[0] == 1 and table["rank"].isna().tolist() == [False, True]
+
+
+def test_aji_of_a_prediction_that_covers_every_pixel():
+    # One true object of 4 pixels in a 4x4 image; one predicted object over all 16 pixels:
+    # AJI = |intersection| / |union| = 4 / 16 (Kumar et al. 2017, worked by hand).
+    true = np.zeros((4, 4), np.int64)
+    true[:2, :2] = 1
+    pred = np.full((4, 4), 7, np.int64)
+    assert aggregated_jaccard(true, pred) == pytest.approx(4 / 16)

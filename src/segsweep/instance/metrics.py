@@ -101,7 +101,8 @@ def aggregated_jaccard(true: np.ndarray, pred: np.ndarray) -> float:
     union = area_t[:, None] + area_p[None, :] - inter
     iou = inter / union
     # Order the predictions by first pixel: argmax then breaks ties the same for any numbering.
-    first_pixel = np.unique(pred.ravel(), return_index=True)[1][1:]
+    ids, first = np.unique(pred.ravel(), return_index=True)
+    first_pixel = first[ids > 0]  # a prediction may cover every pixel (no background id 0)
     order = np.argsort(first_pixel)
     best = order[iou[:, order].argmax(1)]
     rows = np.arange(len(area_t))

@@ -78,6 +78,7 @@ class SegmentationTask(L.LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        self.on_train_epoch_start()  # empty training-loss sums (see train_step_output)
 
     # -- what subclasses define ---------------------------------------------------------------
     def check_classes(self) -> None:
@@ -168,7 +169,8 @@ class SegmentationTask(L.LightningModule):
         for name, value in values.items():
             self._train_sums[name] = self._train_sums.get(name, 0.0) + value.detach() * batch_size
         self._train_images += batch_size
-        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        trainer = self._trainer  # None when a step runs outside a Trainer (tests, notebooks)
+        if trainer is None or trainer.global_step % trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return {"loss": loss}
 
