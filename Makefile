@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 train: install ## train the default: synthetic binary shapes, U-Net (ARGS="model=fpn ..." to change)
 	$(BIN)/segsweep-train $(ARGS)
 
-test: install ## run the test suite (CPU, under 10 minutes on 2 cores)
-	$(BIN)/pytest -q $(ARGS)
+test: install ## run the test suite (CPU, under 10 minutes on 2 cores; two pytest workers, one per core)
+	$(BIN)/pytest -q -n 2 $(ARGS)
 
 test-slow: install ## run the slow checks: real data (../shared/datasets), the wheel installed in a fresh venv
 	$(BIN)/pytest -q -m slow $(ARGS)

@@ -72,6 +72,7 @@ def test_ddp_multirun_jobs_are_single_exact_and_repeatable(tmp_path, make_cfg):
         assert single["final"][name] == first["final"][name], name  # integer counts: exact
 
 
+@pytest.mark.slow  # ~30 s; the default run covers Optuna + DDP in tests/test_launcher.py
 def test_optuna_trials_under_ddp_share_their_sampled_parameters(tmp_path):
     """Each Optuna trial is one DDP job: both ranks run the parameters the sweeper sampled once,
     and the sweeper gets rank zero's metric (the study's best value is the best job's val/iou)."""
@@ -117,6 +118,7 @@ def test_slurm_launcher_config_composes(tmp_path):
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow  # ~20 s of submitit start-up
 def test_submitit_local_executor_runs_a_job(tmp_path):
     sweep = tmp_path / "sweep"
     run("segsweep.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",

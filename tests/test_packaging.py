@@ -151,8 +151,9 @@ def listed_groups(help_text: str) -> dict[str, set[str]]:
 
 
 def test_help_lists_config_groups_and_choices(monkeypatch, capsys, tmp_path):
-    groups = listed_groups(run_app(monkeypatch, capsys, "--config-dir", str(user_configs(tmp_path / "my-exps")),
-                                   "--help"))
+    text = run_app(monkeypatch, capsys, "--config-dir", str(user_configs(tmp_path / "my-exps")), "--help")
+    assert text.startswith("segsweep-train (segsweep:")  # the app's own name, not "train is powered by Hydra"
+    groups = listed_groups(text)
     assert groups["task"] == {"binary", "instance", "semantic", "my_classes"}  # the user's own choice too
     assert {"foo", "isbi2012"} <= groups["experiment"]
     assert {"csv", "none", "tensorboard", "wandb"} <= groups["logger"]

@@ -197,7 +197,21 @@ def spoil(kind: str, path: Path, good: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", [*BAD_FILES, "truncated"])
-def test_every_entry_point_names_a_bad_checkpoint(tmp_path, trained, kind):
+def test_each_kind_of_bad_checkpoint_is_named_in_one_line(tmp_path, trained, kind):
+    """What every entry point loads through (load_task: eval and predict; train's resume check)."""
+    from segsweep.tasks import load_task
+    from segsweep.utils.checkpoints import CheckpointError, read_checkpoint
+
+    bad = tmp_path / "bad.ckpt"
+    spoil(kind, bad, trained / "checkpoints" / "last.ckpt")
+    for load in (load_task, lambda path: read_checkpoint(path, head_only=True)):
+        with pytest.raises(CheckpointError) as caught:
+            load(str(bad))
+        assert str(bad) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_every_entry_point_names_a_bad_checkpoint(tmp_path, trained, kind="truncated"):
+    """The same error reaches the user of each command (one kind here; every kind above)."""
     from PIL import Image
 
     bad = tmp_path / "bad.ckpt"
@@ -259,6 +273,7 @@ def test_long_overrides_make_valid_wandb_tags():
     assert shorten_tag("model=unet") == "model=unet"
 
 
+@pytest.mark.slow  # three 2-process DDP runs: ~50 s on 2 cores
 def test_a_killed_ddp_job_resumes_identical_to_an_uninterrupted_one(tmp_path):
     """trainer=ddp_cpu: the job's own launcher and both ranks die with SIGKILL; the re-run resumes."""
     args = [*TINY, "trainer=ddp_cpu", "data.splits.train.num_images=9", "data.splits.val.num_images=5",
