@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from test_distributed import run
 
-from segsweep.data import FolderDataset, StackVolumeDataset, VolumeFolderDataset
+from segsweep.data import StackVolumeDataset, VolumeFolderDataset
 from segsweep.data.sampling import SampleKey
 from segsweep.inference import Predictor, sliding_window_probs, tile_starts
 from segsweep.models import ClassicUNet3D
@@ -238,13 +238,15 @@ def test_predict_writes_a_label_volume_per_volume_file(tmp_path, make_cfg):
     cfg = make_cfg(*TINY_3D)
     ckpt = untrained_checkpoint(cfg, tmp_path / "untrained.ckpt")
     rng = np.random.default_rng(2)
-    volumes = {"a": rng.integers(0, 256, (6, 20, 18), dtype=np.uint8), "b": rng.integers(0, 256, (5, 16, 16), dtype=np.uint8)}
+    volumes = {"a": rng.integers(0, 256, (6, 20, 18), dtype=np.uint8),
+               "b": rng.integers(0, 256, (5, 16, 16), dtype=np.uint8)}
     (tmp_path / "in").mkdir()
     np.save(tmp_path / "in" / "a.npy", volumes["a"])
     tifffile.imwrite(tmp_path / "in" / "b.tif", volumes["b"])
     index = predict({"ckpt_path": ckpt, "input": str(tmp_path / "in"), "output": str(tmp_path / "out"),
                      "tile_size": [4, 16, 16], "device": "cpu"})
-    assert [entry["labels"] for entry in index["files"]] == ["a.tif", "b.tif"] and list(index["tile_size"]) == [4, 16, 16]
+    assert [entry["labels"] for entry in index["files"]] == ["a.tif", "b.tif"]
+    assert list(index["tile_size"]) == [4, 16, 16]
     from segsweep.tasks import load_task
 
     task = load_task(ckpt, predictor=Predictor(tile_size=(4, 16, 16))).eval()

@@ -75,9 +75,9 @@ def sliding_window_probs(
             (it pads to the model's output stride itself, as ``SegmentationTask.forward`` does).
         image: one image ``(C, H, W)``, already normalised as in training.
         tile_size: side of the square (cubic) tiles, or one side per axis; best a multiple of
-            the model's output stride and as large as memory allows (fewer tile borders, more context). An image no larger than
-            one tile is predicted in one call; a side smaller than ``tile_size`` gives tiles of
-            that side in that dimension.
+            the model's output stride and as large as memory allows (fewer tile borders, more
+            context). An image no larger than one tile is predicted in one call; a side smaller
+            than ``tile_size`` gives tiles of that side in that dimension.
         overlap: fraction of a tile shared with its neighbour; tiles start every
             ``tile_size * (1 - overlap)`` pixels. Make the overlap (in pixels) larger than the
             model's receptive field radius so that every pixel has one tile with full context.
