@@ -414,3 +414,17 @@ def test_a_new_job_dir_keeps_hydras_own_files(make_cfg):
     (job / "train.log").write_text("[hydra] starting\n")
     assert plan_job(cfg).action == "start"
     assert (job / "train.log").is_file() and not (job / "previous").exists()
+
+
+def test_last_checkpoint_is_each_epochs_end_even_when_the_metric_stops_improving(make_cfg, tmp_path):
+    # lr 0 and no BatchNorm: the weights never change, so val/iou never improves after epoch 0.
+    # Lightning's own save_last writes last.ckpt only when the best checkpoint is rewritten: a run
+    # killed in epoch 3 would resume from epoch 0 and train epochs 1 and 2 again.
+    from segsweep.train import train
+    train(make_cfg("callbacks=default", "~callbacks.progress_bar", "~callbacks.image_logger", "optimizer.lr=0",
+                   "scheduler=none", "model.batch_norm=false", "trainer.max_epochs=3"))
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)  # 3 epochs of 2 batches
+    assert json.loads((tmp_path / "metrics.json").read_text())["best_checkpoint"].endswith("epoch000.ckpt")
