@@ -41,7 +41,8 @@ class SegmentationTask(L.LightningModule):
         model: ``_partial_`` model factory (``conf/model``), completed with channels and classes.
         loss: ``_partial_`` loss factory (``conf/loss``), completed with the task's mode.
         optimizer: ``_partial_`` torch optimizer (``conf/optimizer``).
-        scheduler: ``_partial_`` LR scheduler stepped each epoch, or ``None``.
+        scheduler: ``_partial_`` LR scheduler stepped each epoch (one with ``per_step = True``, e.g.
+            ``segsweep.schedules.BudgetCosineLR``: each step, given the run's total steps), or ``None``.
         class_names: class names from the data, index = class id.
         in_channels: input channels from the data.
         ignore_index: mask value that loss and metrics skip.
@@ -122,7 +123,11 @@ class SegmentationTask(L.LightningModule):
         optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        make_scheduler = instantiate(self.hparams.scheduler)
+        if getattr(getattr(make_scheduler, "func", None), "per_step", False):  # segsweep.schedules
+            scheduler = make_scheduler(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = make_scheduler(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- forward and steps ---------------------------------------------------------------------
