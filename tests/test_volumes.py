@@ -292,8 +292,8 @@ def test_one_sweep_ranks_2d_25d_and_3d_jobs_on_one_stack(tmp_path):
     write_isbi_stack(tmp_path / "isbi", slices=8, size=32)
     sweep = tmp_path / "sweep"
     run("segsweep.train", "-m", "sweep=isbi_2d_25d_3d", f"data.root={tmp_path / 'isbi'}", "trainer=cpu",
-        "trainer.max_epochs=1", "test=false", "logger=none", "augment.crop_size=32",
-        "model.base_width=4", "model.depth=2", "data.batch_size=2", "data.num_workers=0",
+        "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "test=false", "logger=none",
+        "augment.crop_size=32", "model.base_width=4", "model.depth=2", "data.batch_size=2", "data.num_workers=0",
         f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     rows = list(csv.DictReader((sweep / "leaderboard.csv").open()))
     assert sorted(row["experiment"] for row in rows) == ["isbi2012", "isbi2012_25d", "isbi2012_3d"]
@@ -301,4 +301,6 @@ def test_one_sweep_ranks_2d_25d_and_3d_jobs_on_one_stack(tmp_path):
     assert sorted(int(row["rank"]) for row in rows) == [1, 2, 3]  # one ranking over the three
     for job in sweep.glob("*_classic_unet*"):
         assert json.loads((job / "metrics.json").read_text())["peak_memory_mb"] > 0
-        assert OmegaConf.load(job / ".hydra" / "config.yaml").trainer.max_time == "00:00:10:00"  # one budget
+        config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert config.trainer.max_time == "00:00:10:00"  # one budget, the schedule decayed over it
+        assert config.scheduler._target_ == "segsweep.schedules.BudgetCosineLR"
