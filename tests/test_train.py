@@ -130,3 +130,27 @@ def test_checkpoint_keeps_the_run_config(make_cfg, tmp_path):
     config = OmegaConf.create(checkpoint["hyper_parameters"]["run_config"])
     assert config.model._target_.endswith("ClassicUNet")
     assert checkpoint["segsweep_task"].endswith("BinarySegmentationTask")
+
+
+def test_the_step_loss_reaches_the_logger_every_log_every_n_steps(make_cfg, tmp_path, monkeypatch):
+    # 2 epochs of 4 batches, logged every 2nd step: Lightning writes step values after steps 2, 4,
+    # 6 and 8 (0-based 1, 3, 5, 7), and each row must hold that step's own loss (a value the task
+    # logged on another step came out one step stale, or not at all across an epoch's end).
+    import csv
+
+    from segsweep.tasks import SegmentationTask
+    from segsweep.train import train
+
+    losses = {}
+    record = SegmentationTask.train_step_output
+
+    def recording(self, loss, terms, batch_size):
+        losses[self.trainer.global_step] = loss.item()
+        return record(self, loss, terms, batch_size)
+
+    monkeypatch.setattr(SegmentationTask, "train_step_output", recording)
+    train(make_cfg("logger=csv", "trainer.max_epochs=2", "trainer.log_every_n_steps=2", "data.batch_size=2"))
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
+    logged = {int(row["step"]): float(row["train/loss_step"]) for row in rows if row.get("train/loss_step")}
+    assert sorted(logged) == [1, 3, 5, 7]
+    assert logged == pytest.approx({step: losses[step] for step in (1, 3, 5, 7)})

@@ -26,7 +26,7 @@ class DivergenceStop(L.Callback):
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (batch_idx + 1) % max(trainer.log_every_n_steps, 1) == 0:
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:  # the step just done logged
             self.check(trainer, pl_module, outputs)
 
     def on_train_epoch_end(self, trainer, pl_module):

@@ -175,7 +175,9 @@ class SegmentationTask(L.LightningModule):
             self._train_sums[name] = self._train_sums.get(name, 0.0) + value.detach() * batch_size
         self._train_images += batch_size
         trainer = self._trainer  # None when a step runs outside a Trainer (tests, notebooks)
-        if trainer is None or trainer.global_step % trainer.log_every_n_steps == 0:
+        # Lightning sends step values to the loggers after steps where (steps done + 1) is a
+        # multiple of log_every_n_steps: a value logged on any other step never reaches them.
+        if trainer is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return {"loss": loss}
 
