@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,18 @@ def coordinate_maps(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+def seed_augmentations(transform, seed: int | None) -> None:
+    """Seed an albumentations pipeline with one random stream that all its transforms draw from.
+
+    albumentations 2.0's ``Compose(seed=s)`` and ``set_random_seed(s)`` give every child transform
+    its own generator seeded with the same ``s``, so children with the same probability fire
+    together (both flips or neither, never one) and the crop position follows them. Handing every
+    child the same generator objects (``set_random_state``) makes them draw in turn: independent.
+    """
+    if transform is not None and hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
 class SegmentationDataset(Dataset):
     """Base for every dataset: applies an albumentations pipeline to image + masks together.
 
@@ -47,6 +60,7 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, transform=None):
         self.transform = transform
+        seed_augmentations(transform, getattr(transform, "seed", None))  # undo Compose(seed=)'s shared seeds
 
     @property
     def input_channels(self) -> int:
@@ -60,8 +74,8 @@ class SegmentationDataset(Dataset):
         """The index of a key; an (index, seed) key (segsweep.data.sampling.EpochSampler) fixes
         this sample's augmentation, whichever worker or rank loads it."""
         index, augment_seed = key if isinstance(key, tuple) else (key, None)
-        if augment_seed is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(augment_seed)
+        if augment_seed is not None:
+            seed_augmentations(self.transform, augment_seed)
         return index
 
     def augment(self, name: str, size: tuple[int, ...], **targets) -> dict:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from segsweep.data.base import SegmentationDataset
+from segsweep.data.base import SegmentationDataset, seed_augmentations
 from segsweep.data.sampling import EpochSampler
 
 STAGES = ("train", "val", "test")
@@ -89,9 +89,7 @@ def seed_worker(worker_id: int) -> None:
     which keeps its own generator (copied into every worker, it would repeat the same crops and
     flips in each)."""
     pl_worker_init_function(worker_id)
-    transform = torch.utils.data.get_worker_info().dataset.transform
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(torch.initial_seed() % 2**32)
+    seed_augmentations(torch.utils.data.get_worker_info().dataset.transform, torch.initial_seed() % 2**32)
 
 
 class SegmentationDataModule(L.LightningDataModule):
