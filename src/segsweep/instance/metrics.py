@@ -29,58 +29,174 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools import mask as coco_mask
+from scipy import ndimage as ndi
+from scipy import sparse
 from skimage.metrics import variation_of_information
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.detection import MeanAveragePrecision
 
-from segsweep.instance.postprocess import Instances, sequential
+from segsweep.instance.postprocess import Instances, _sequential, sequential
 
 NAN = float("nan")
+
+
+class Overlap:
+    """What F1, PQ, AJI and Rand/VI all take from one image, from one pass over its pixels.
+
+    ``counts[i, j]``: pixels of true id ``i`` and predicted id ``j`` (ids renumbered ``1..n`` in id
+    order; row and column 0 are the background). Validation used to build this table three times
+    per image (F1, PQ, AJI, each after renumbering both images again) plus once for Rand/VI; the
+    metric functions below now share one. Every value is computed with the same operations on the
+    same arrays as before, so results are equal to the bit (``tests/test_postprocess_speed.py``).
+    """
+
+    def __init__(self, true: np.ndarray, pred: np.ndarray):
+        self.raw = (true, pred)
+        self.true, counts_t = _sequential(true)
+        self.pred, counts_p = _sequential(pred)
+        n_t, n_p = len(counts_t) - 1, len(counts_p) - 1
+        key = self.true * (n_p + 1) + self.pred
+        self.counts = np.bincount(key.ravel(), minlength=(n_t + 1) * (n_p + 1)).reshape(n_t + 1, n_p + 1)
+        self.inter = self.counts[1:, 1:]
+        self.area_t, self.area_p = counts_t[1:], counts_p[1:]
+        self._iou = self._matches = None
+
+    @property
+    def iou(self) -> np.ndarray:
+        """Pairwise IoU ``(n_true, n_pred)``."""
+        if self._iou is None:
+            union = self.area_t[:, None] + self.area_p[None, :] - self.inter
+            self._iou = self.inter / np.maximum(union, 1)
+        return self._iou
+
+    def matches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs at IoU > 0.5 ``(true index, pred index, IoU)`` in row-major order (each object has
+        at most one: two would need IoUs summing > 1)."""
+        if self._matches is None:
+            rows, cols = np.nonzero(self.iou > 0.5)
+            self._matches = rows, cols, self.iou[rows, cols]
+        return self._matches
+
+    def object_matches(self) -> tuple[int, int, int, float]:
+        """``object_matches`` of the two images."""
+        rows, _, ious = self.matches()
+        tp = len(rows)
+        return tp, len(self.area_p) - tp, len(self.area_t) - tp, float(ious.sum())
+
+    def panoptic(self, true_classes: np.ndarray, pred_classes: np.ndarray) -> dict[int, np.ndarray]:
+        """``panoptic_counts`` of the two images with these classes."""
+        t_cls, p_cls = np.asarray(true_classes), np.asarray(pred_classes)
+        rows, cols, ious = self.matches()
+        pair_cls = np.where(t_cls[rows] == p_cls[cols], t_cls[rows], _NO_CLASS)
+        out = {}
+        for c in np.union1d(t_cls, p_cls).tolist():
+            same = pair_cls == c  # matched pairs of class c, in the row-major order of the old sums
+            tp = int(same.sum())
+            out[int(c)] = np.array(
+                [tp, (p_cls == c).sum() - tp, (t_cls == c).sum() - tp, float(ious[same].sum())], np.float64
+            )
+        return out
+
+    def aji(self) -> float:
+        """``aggregated_jaccard`` of the two images."""
+        n_t, n_p = len(self.area_t), len(self.area_p)
+        if not n_t:
+            return NAN if not n_p else 0.0
+        if not n_p:
+            return 0.0
+        iou, rows = self.iou, np.arange(n_t)
+        best = iou.argmax(1)  # the first maximum in id order ...
+        top = iou[rows, best]
+        tied = np.flatnonzero((top > 0) & ((iou == top[:, None]).sum(1) > 1))
+        if len(tied):  # ... unless tied: then the prediction whose first pixel comes first
+            first = _first_pixels(self.pred, n_p)
+            for r in tied.tolist():
+                candidates = np.flatnonzero(iou[r] == top[r])
+                best[r] = candidates[np.argmin(first[candidates])]
+        paired = iou[rows, best] > 0
+        taken = np.zeros(n_p, bool)
+        taken[best[paired]] = True
+        inter = self.inter[rows[paired], best[paired]]
+        union = self.area_t[paired] + self.area_p[best[paired]] - inter
+        numerator = inter.sum()
+        denominator = union.sum() + self.area_t[~paired].sum() + self.area_p[~taken].sum()
+        return float(numerator / denominator)
+
+    def rand_and_voi(self) -> tuple[float, float]:
+        """``rand_and_voi`` of the two images."""
+        if not len(self.area_t):
+            return NAN, NAN
+        inside = self.counts[1:]  # true objects x (predicted background, predicted objects)
+        # The segments present inside, in id order, C-ordered as before: the sums below add in
+        # memory order, and column selection alone gives a Fortran-ordered copy.
+        inter = np.ascontiguousarray(inside[:, inside.any(0)])
+        p = inter / inside.sum()
+        are = 1 - (p**2).sum() / ((p.sum(0) ** 2).sum() / 2 + (p.sum(1) ** 2).sum() / 2)
+        true, pred = self.raw
+        if self.true is true and self.pred is pred:  # ids already 1..n: the table is skimage's
+            split, merge = variation_of_information(true, pred, table=self._vi_table())
+        else:
+            split, merge = variation_of_information(np.asarray(true), np.asarray(pred), ignore_labels=(0,))
+        return float(are), float(split + merge)
+
+    def _vi_table(self):
+        """``skimage.metrics.contingency_table(true, pred, ignore_labels=(0,), normalize=True)``
+        from ``counts``, equal to the bit, without its pass over every pixel.
+
+        scikit-image puts ``1 / N`` (true background: 0) on each pixel and lets scipy sum the
+        duplicates of a cell one after the other; a cumulative sum of ``1 / N`` makes the same
+        additions in the same order, so the k-pixel cell gets ``cumsum[k - 1]``. Same sparsity
+        (cells of true background that hold pixels are stored as zeros, as scipy does).
+        """
+        counts = self.counts
+        cells = np.cumsum(np.full(int(counts[1:].max(initial=1)), 1.0 / counts[1:].sum()))
+        present = counts != 0
+        rows, cols = np.nonzero(present)
+        k = counts[rows, cols]
+        data = np.where(rows > 0, cells[np.minimum(k, len(cells)) - 1], 0.0)
+        indptr = np.concatenate([[0], np.cumsum(present.sum(1))])
+        return sparse.csr_matrix((data, cols, indptr), shape=counts.shape)
+
+
+_NO_CLASS = np.iinfo(np.int64).min  # the class of a matched pair whose two classes differ
+
+
+def _first_pixels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Raster index of each id's first pixel (``1..n`` -> entries ``0..n-1``): its bounding box's
+    top row, there the leftmost pixel of that id. ``find_objects`` is one C pass over the image;
+    ``np.unique(..., return_index=True)`` sorted all of it (still used for other than 2D)."""
+    if labels.ndim != 2:
+        ids, first = np.unique(labels.ravel(), return_index=True)
+        return first[ids > 0]
+    first = np.empty(n, np.int64)
+    width = labels.shape[-1]
+    for k, box in enumerate(ndi.find_objects(labels, max_label=n)):
+        row = box[0].start
+        first[k] = row * width + box[1].start + int(np.argmax(labels[row, box[1]] == k + 1))
+    return first
 
 
 def overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairwise intersections ``(n_true, n_pred)`` of two label images (any ids, renumbered
     ``1..n`` in id order) and the object areas."""
-    true, pred = sequential(true), sequential(pred)
-    n_t, n_p = int(true.max(initial=0)), int(pred.max(initial=0))
-    counts = np.bincount((true * (n_p + 1) + pred).ravel(), minlength=(n_t + 1) * (n_p + 1))
-    counts = counts.reshape(n_t + 1, n_p + 1)
-    return counts[1:, 1:], counts.sum(1)[1:], counts.sum(0)[1:]
+    table = Overlap(true, pred)
+    return table.inter, table.area_t, table.area_p
 
 
 def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Pairwise IoU ``(n_true, n_pred)`` of the objects of two label images."""
-    inter, area_t, area_p = overlaps(true, pred)
-    return inter / np.maximum(area_t[:, None] + area_p[None, :] - inter, 1)
-
-
-def _matched(iou: np.ndarray, same_class: np.ndarray | None = None) -> np.ndarray:
-    """Pairs matching at IoU > 0.5: each object has at most one (two would need IoUs summing > 1)."""
-    matched = iou > 0.5
-    return matched if same_class is None else matched & same_class
+    return Overlap(true, pred).iou
 
 
 def object_matches(true: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, float]:
     """Class-agnostic ``(tp, fp, fn, sum of matched IoUs)`` at IoU > 0.5."""
-    iou = iou_matrix(true, pred)
-    matched = _matched(iou)
-    tp = int(matched.sum())
-    return tp, iou.shape[1] - tp, iou.shape[0] - tp, float(iou[matched].sum())
+    return Overlap(true, pred).object_matches()
 
 
 def panoptic_counts(true: Instances, pred: Instances) -> dict[int, np.ndarray]:
     """Per class ``c``: ``[tp, fp, fn, sum of matched IoUs]``, a true and a predicted object
     matching when both are of class ``c`` and their IoU > 0.5 (Kirillov et al. 2019)."""
-    iou = iou_matrix(true.labels, pred.labels)
-    t_cls, p_cls = np.asarray(true.classes), np.asarray(pred.classes)
-    matched = _matched(iou, t_cls[:, None] == p_cls[None, :])
-    out = {}
-    for c in np.union1d(t_cls, p_cls).tolist():
-        rows, cols = t_cls == c, p_cls == c
-        tp = int(matched[rows][:, cols].sum())
-        iou_sum = float(iou[rows][:, cols][matched[rows][:, cols]].sum())
-        out[int(c)] = np.array([tp, cols.sum() - tp, rows.sum() - tp, iou_sum], np.float64)
-    return out
+    return Overlap(true.labels, pred.labels).panoptic(true.classes, pred.classes)
 
 
 def aggregated_jaccard(true: np.ndarray, pred: np.ndarray) -> float:
@@ -92,26 +208,7 @@ def aggregated_jaccard(true: np.ndarray, pred: np.ndarray) -> float:
     theirs. Ties in IoU go to the prediction whose first pixel comes first in raster order, so the
     value does not depend on how ids are numbered. NaN when the image has no object at all.
     """
-    true, pred = sequential(true), sequential(pred)
-    inter, area_t, area_p = overlaps(true, pred)
-    if not len(area_t):
-        return NAN if not len(area_p) else 0.0
-    if not len(area_p):
-        return 0.0
-    union = area_t[:, None] + area_p[None, :] - inter
-    iou = inter / union
-    # Order the predictions by first pixel: argmax then breaks ties the same for any numbering.
-    ids, first = np.unique(pred.ravel(), return_index=True)
-    first_pixel = first[ids > 0]  # a prediction may cover every pixel (no background id 0)
-    order = np.argsort(first_pixel)
-    best = order[iou[:, order].argmax(1)]
-    rows = np.arange(len(area_t))
-    paired = iou[rows, best] > 0
-    taken = np.zeros(len(area_p), bool)
-    taken[best[paired]] = True
-    numerator = inter[rows[paired], best[paired]].sum()
-    denominator = union[rows[paired], best[paired]].sum() + area_t[~paired].sum() + area_p[~taken].sum()
-    return float(numerator / denominator)
+    return Overlap(true, pred).aji()
 
 
 def rand_and_voi(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -125,19 +222,50 @@ def rand_and_voi(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     pixel's pair with itself (``sum n_ij^2 - n``), which is not that formula. ``voi`` = H(true |
     pred) + H(pred | true), scikit-image's, same pixels. NaN, NaN without true objects.
     """
-    inside = np.asarray(true) != 0
-    if not inside.any():
-        return NAN, NAN
-    inter, _, _ = overlaps(np.asarray(true)[inside], np.asarray(pred)[inside] + 1)  # pred 0 -> 1
-    p = inter / inside.sum()
-    are = 1 - (p**2).sum() / ((p.sum(0) ** 2).sum() / 2 + (p.sum(1) ** 2).sum() / 2)
-    split, merge = variation_of_information(true, pred, ignore_labels=(0,))
-    return float(are), float(split + merge)
+    return Overlap(true, pred).rand_and_voi()
 
 
 def _rle(masks: np.ndarray) -> list[dict]:
     """COCO run-length encoding of ``(n, H, W)`` boolean masks: compact per-image records."""
     return coco_mask.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8)))
+
+
+def label_rle(labels: np.ndarray) -> list[dict]:
+    """COCO RLEs of the objects ``1..n`` of a label image (ids already ``1..n``): the same records
+    as ``_rle`` of their ``n`` full-size masks, byte for byte, from the label image's own runs.
+
+    ``_rle`` needs an ``(H, W, n)`` mask stack: 75 MB for the ~300 cells of one 512 px ISBI slice,
+    written and scanned once per object. Here one pass finds the runs of equal ids down the
+    columns (COCO's order); each object's runs, with the gaps between them, are its RLE counts,
+    which pycocotools compresses (``frPyObjects``, in C).
+    """
+    labels = np.asarray(labels)
+    height, width = labels.shape
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return []
+    flat = labels.ravel(order="F")
+    starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+    ends = np.append(starts[1:], flat.size)
+    ids = flat[starts]
+    keep = ids > 0
+    starts, ends, ids = starts[keep], ends[keep], ids[keep]
+    order = np.argsort(ids, kind="stable")  # by object, each object's runs in pixel order
+    starts, ends, ids = starts[order], ends[order], ids[order]
+    first = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+    previous_end = np.concatenate([[0], ends[:-1]])
+    previous_end[first] = 0  # an object's first run follows its leading zeros
+    # counts: zeros before run 1, run 1, zeros before run 2, run 2, ..., trailing zeros (if any)
+    pairs = np.stack([starts - previous_end, ends - starts], axis=1).astype(np.uint32)
+    last = np.append(first[1:], len(ids)) - 1
+    trailing = flat.size - ends[last]
+    objects = []
+    for k, (a, b) in enumerate(zip(first.tolist(), (last + 1).tolist(), strict=True)):
+        counts = pairs[a:b].ravel()
+        if trailing[k]:
+            counts = np.append(counts, np.uint32(trailing[k]))
+        objects.append({"size": [height, width], "counts": counts})
+    return coco_mask.frPyObjects(objects, height, width)
 
 
 def _object_masks(labels: np.ndarray) -> np.ndarray:
@@ -167,6 +295,15 @@ def _add_image(coco: MeanAveragePrecision, record: dict) -> None:
     coco.groundtruth_area.append(torch.zeros_like(labels))
 
 
+def _detections(pred: Instances, labels: np.ndarray) -> tuple:
+    """The record's scored detections: Mask R-CNN's (possibly overlapping) masks when given, else
+    the objects of the label image (``labels``: ids ``1..n``)."""
+    if pred.detections:
+        masks, classes, scores = pred.detections
+        return _rle(np.asarray(masks, bool)), np.asarray(classes), np.asarray(scores)
+    return label_rle(labels), np.asarray(pred.classes), np.asarray(pred.scores)
+
+
 def _labels(item: Instances) -> np.ndarray:
     labels = item.labels
     return labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
@@ -191,18 +328,16 @@ class InstanceMetrics(Metric):
         keys = keys if keys is not None else [f"#{len(self.records) + i:09d}" for i in range(len(preds))]
         for pred, target, key in zip(preds, targets, keys, strict=True):
             true, labels = _labels(target), _labels(pred)
-            pred, target = pred._replace(labels=labels), target._replace(labels=true)
-            detections = pred.detections or (_object_masks(labels), pred.classes, pred.scores)
+            table = Overlap(true, labels)  # renumbers both and counts their overlaps once
             self.records.append({
                 "key": str(key),
                 "shape": true.shape,
-                "aji": aggregated_jaccard(true, labels),
-                "agnostic": np.array(object_matches(true, labels), np.float64),
-                "panoptic": panoptic_counts(target, pred),
-                "rand": rand_and_voi(true, labels) if self.rand_vi else None,
-                "true": (_rle(_object_masks(true)), np.asarray(target.classes)),
-                "pred": (_rle(np.asarray(detections[0], bool)), np.asarray(detections[1]),
-                         np.asarray(detections[2])),
+                "aji": table.aji(),
+                "agnostic": np.array(table.object_matches(), np.float64),
+                "panoptic": table.panoptic(target.classes, pred.classes),
+                "rand": table.rand_and_voi() if self.rand_vi else None,
+                "true": (label_rle(table.true), np.asarray(target.classes)),
+                "pred": _detections(pred, table.pred),
             })
 
     def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
