@@ -10,10 +10,26 @@ import lightning as L
 import torch
 
 
+def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` with its 4-D tensors (Conv2d weights) in ``channels_last`` and its 5-D ones (Conv3d
+    weights) in ``channels_last_3d``, in place. ``net.to(memory_format=torch.channels_last)``
+    raises on 5-D weights, and ``channels_last_3d`` on 4-D ones; other tensors are left as they are."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        memory_format = formats.get(tensor.dim())
+        return tensor.contiguous(memory_format=memory_format) if memory_format else tensor
+
+    return net._apply(convert)  # what Module.to uses: parameters, their gradients and buffers
+
+
 class SpeedUps(L.Callback):
     """Args:
-        channels_last: convert the network's weights to the channels-last (NHWC) memory format,
-            which tensor cores run convolutions in; activations follow the weights' format.
+        channels_last: convert the network's weights to the channels-last memory format, which
+            tensor cores run convolutions in: NHWC for 2D convolutions, NDHWC
+            (``torch.channels_last_3d``) for 3D ones (``ClassicUNet3D``); activations follow the
+            weights' format. Decided per weight by its rank (``to_channels_last``), so a net
+            mixing 2D and 3D layers gets each in its own format.
         compile: compile the network's forward with ``torch.compile`` (in place, ``nn.Module.compile``,
             so the state dict and checkpoints keep their keys). The first steps pay the
             compilation, and each new validation image size may recompile once.
@@ -34,7 +50,7 @@ class SpeedUps(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         net = pl_module.net
         if self.channels_last:
-            net.to(memory_format=torch.channels_last)
+            to_channels_last(net)
         if self.compile and net._compiled_call_impl is None:  # once, whichever stage comes first
             net.compile(**self.compile_options)
 
