@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install train test test-slow lint wheel clean
+.PHONY: help install train test test-slow test-cluster lint wheel clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ test: install ## run the test suite (CPU, under 10 minutes on 2 cores; two pytes
 
 test-slow: install ## run the slow checks: real data (../shared/datasets), the wheel installed in a fresh venv
 	$(BIN)/pytest -q -m slow $(ARGS)
+
+test-cluster: install ## run tests/cluster on a real SLURM + PostgreSQL they start here (root; apt-get installs them)
+	$(BIN)/pytest -q -m cluster $(ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check src tests scripts
