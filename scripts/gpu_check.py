@@ -65,8 +65,8 @@ GPU = dict(size=512, batch=16, data_image=640, warmup=8, steps=30, volume=64, wo
            overhead=(5, 20, 100), budget=420, min_seconds=2.0,
            budgets={"model": 50, "compile": 180, "unet3d": 40, "data": 60, "overhead": 120, "multi_gpu": 240})
 DRY = dict(size=64, batch=2, data_image=80, warmup=1, steps=3, volume=16, workers=[1, 2], pool=4,
-           overhead=(2, 5, 3), budget=150, min_seconds=0.5,
-           budgets={"model": 20, "compile": 40, "unet3d": 15, "data": 20, "overhead": 40, "multi_gpu": 90})
+           overhead=(2, 5, 3), budget=240, min_seconds=0.5,
+           budgets={"model": 20, "compile": 40, "unet3d": 15, "data": 20, "overhead": 40, "multi_gpu": 160})
 
 
 class OverBudget(Exception):
@@ -530,7 +530,7 @@ def main() -> None:
     out = Path(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else Path("outputs/gpu_check.json")
     parser.add_argument("--out", type=Path, default=out, help=f"the JSON report (default {out})")
     parser.add_argument("--dry-run", action="store_true", help="every part on CPU at tiny sizes")
-    parser.add_argument("--budget", type=float, help="seconds for all parts (default 420; dry run 150)")
+    parser.add_argument("--budget", type=float, help="seconds for all parts (default 420; dry run 240)")
     parser.add_argument("--parts", help="comma-separated parts to run, e.g. overhead,model (default: all)")
     parser.add_argument("--table", type=Path, help="print the table of this JSON report and exit")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,26 @@ def requires_dataset(name: str):
     return pytest.mark.skipif(
         not path.is_dir(), reason=f"real dataset {path} not found (set SEGSWEEP_DATASETS to its parent)"
     )
+
+
+@pytest.fixture
+def other_filesystem(tmp_path):
+    """``mount(size_mb)``: a tmpfs of that size under ``tmp_path`` (root only), another file system
+    than the rest of ``tmp_path``, and a small one that fills up; unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (another, small file system)")
+    mounted = []
+
+    def mount(size_mb: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -162,3 +162,12 @@ def test_a_key_gives_the_same_sample_in_any_worker(make_cfg):
     for mine, theirs in zip(here, loader, strict=True):
         assert torch.equal(mine, theirs["image"])
     assert all(torch.equal(a, dataset[key]["image"]) for a, key in zip(here, keys, strict=True))
+
+
+def test_a_3d_pipeline_on_2d_images_is_refused_naming_both(make_cfg):
+    from segsweep.train import build_datamodule
+
+    cfg = make_cfg("augment=volume")  # the default data: 2D synthetic shapes
+    with pytest.raises(ValueError, match=r"3D transforms \(PadIfNeeded3D, RandomCrop3D\) but SyntheticShapes gives 2D "
+                                         r"images: use a 2D pipeline"):
+        build_datamodule(cfg).setup("fit")

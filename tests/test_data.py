@@ -234,7 +234,7 @@ class _Unreadable(torch.utils.data.Dataset):
 def test_a_loader_worker_error_is_described_by_its_file_and_reason():
     """What the leaderboard shows for a failed job: not torch's 'Caught ValueError in DataLoader
     worker process 0. Original Traceback...' wrapper, but the error inside the worker."""
-    from segsweep.utils.errors import describe_error
+    from segsweep.jobs.errors import describe_error
 
     with pytest.raises(ValueError) as caught:
         next(iter(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))

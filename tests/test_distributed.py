@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segsweep.data import SyntheticShapes
 from segsweep.data.base import RawSample
 from segsweep.eval import evaluate
-from segsweep.launch import launch, local_process_count
+from segsweep.jobs.ddp import launch_ranks, local_process_count
+from segsweep.jobs.plan import JobPlan
+from segsweep.jobs.run import write_metrics
 from segsweep.train import build_datamodule, build_task
-from segsweep.utils.run import write_metrics_json
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -188,12 +189,12 @@ def validate(case: DictConfig, weights: str, eval_batch_size: int, devices: int)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" not in k and "time" not in k}
 
 
-def validate_cases(cfg: DictConfig) -> dict:
-    """A DDP job (``segsweep.launch`` runs it on each rank): validate every saved case."""
+def validate_cases(cfg: DictConfig, plan) -> dict:
+    """A DDP job (``segsweep.jobs.ddp`` runs it on each rank): validate every saved case."""
     final = {name: validate(OmegaConf.load(case.config), case.weights, 3, devices=2)
              for name, case in cfg.cases.items()}
     result = {"status": "completed", "final": final}
-    write_metrics_json(cfg.paths.output_dir, result)
+    write_metrics(cfg.paths.output_dir, result)
     return result
 
 
@@ -222,7 +223,7 @@ def test_metrics_do_not_depend_on_batching_sizes_or_ranks(tmp_path, monkeypatch)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
     job = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, "cases": cases,
                             "paths": {"output_dir": str(tmp_path / "ddp_job")}, "run_name": "ddp"})
-    ddp = launch(job, "test_distributed:validate_cases")["final"]
+    ddp = launch_ranks(job, "test_distributed:validate_cases", JobPlan("start"))["final"]
     assert all(same(ddp[name], single[name]) for name in single), (ddp, single)
 
 
@@ -252,7 +253,7 @@ def test_a_failing_rank_ends_the_job_with_its_own_error(tmp_path):
 
 def test_the_other_ranks_are_stopped_when_one_fails():
     """A rank left waiting for a failed peer (here: sleeping) is killed after the grace period."""
-    from segsweep.launch import wait_for_ranks
+    from segsweep.jobs.ddp import wait_for_ranks
 
     started = time.monotonic()
     ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),

@@ -3,6 +3,8 @@ them, the run's own monitored metric is returned, and a new labelled folder is e
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_eval_applies_tta_and_tiling_and_returns_the_monitored_metric(tmp_path, 
     # 4 validation images of 64 px in one batch, through the TTA + tiling predictor.
     assert seen == [("flips", 32, (64, 64))]
     assert result["monitor"] == monitor and result["tta"] == "flips" and result["tile_size"] == 32
-    assert result["value"] == result["final"][monitor] or np.isnan(result["final"][monitor])
+    assert math.isfinite(result["final"][monitor]) and result["value"] == result["final"][monitor]
     if task == "instance":
         assert not [k for k in result["final"] if k.endswith("/iou")], result["final"]
         assert "val/loss" not in result["final"]  # averaged maps have no logits to score

@@ -435,14 +435,14 @@ def test_an_undefined_ap_is_null_in_metrics_json_and_never_ranked(tmp_path):
     import yaml
 
     from segsweep.reporting import collect
-    from segsweep.utils.run import write_metrics_json
+    from segsweep.jobs.run import write_metrics
 
     for num, ap50 in ((0, math.nan), (1, 0.0)):
         job = tmp_path / f"{num}_job"
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={num}"]))
         history = [{"epoch": 0, "step": 1, "val/ap50": ap50}]
-        write_metrics_json(job, {"status": "completed", "monitor": "val/ap50", "final": {"val/ap50": ap50},
+        write_metrics(job, {"status": "completed", "monitor": "val/ap50", "final": {"val/ap50": ap50},
                                  "best": {}, "history": history, "job_num": num, "overrides": [f"seed={num}"]})
     assert json.loads((tmp_path / "0_job" / "metrics.json").read_text())["final"]["val/ap50"] is None
     table = collect(tmp_path, metric="val/ap50", mode="max")

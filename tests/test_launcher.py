@@ -178,7 +178,8 @@ def test_speed_callback_makes_the_net_channels_last_and_compiles_it_in_place(mak
     with torch.no_grad():
         assert torch.allclose(task(images), expected, atol=1e-5)
     # Then compiled, with torch.compile replaced by a recorder: importing the compiler alone costs
-    # ~8 s on these cores (the GPU check runs the real one).
+    # ~8 s on these cores. The real compile runs in scripts/gpu_check.py's "+compile" parts (Inductor
+    # on a GPU; on CPU, in tests/test_gpu_check.py's dry run, Dynamo with the eager backend).
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(options) or fn)
     speed.compile = True
@@ -225,3 +226,57 @@ def test_loaders_of_gpu_runs_pin_memory_and_use_the_cpus(make_cfg):
         cpus_per_rank = len(os.sched_getaffinity(0)) // ranks
         for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
             assert loader.pin_memory and loader.num_workers == max(0, min(cpus_per_rank - 1, MAX_GPU_WORKERS))
+
+
+def test_ctrl_c_leaves_running_jobs_resumable_as_the_basic_launcher_does(tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while two jobs train on two slots:
+    the sweep ends with code 130 and no traceback, both jobs stay resumable ('running' records of
+    dead processes: interrupted), and the same command resumes each from its last checkpoint."""
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "segsweep.train", "-m", "hydra/launcher=gpus", "hydra.launcher.devices=[0,1]",
+            "trainer=cpu", "trainer.max_epochs=6", "scheduler=none", "data.dataset.image_size=64",
+            "data.splits.train.num_images=48", "data.splits.val.num_images=4", "data.splits.test.num_images=4",
+            "data.batch_size=4", "augment.crop_size=48", "model.base_width=8", "model.depth=3", "loss=dice,bce_dice",
+            "logger=none", "callbacks=default", "~callbacks.progress_bar", "~callbacks.image_logger",
+            "+trainer.enable_model_summary=false", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # As from a terminal: SIGINT handled (pytest-xdist workers ignore it, and children inherit that).
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def history(job):
+        try:
+            return json.loads((job / "metrics.json").read_text()).get("history") or []
+        except (OSError, ValueError):
+            return []
+
+    deadline = time.time() + 300
+    while True:
+        jobs = sorted(p for p in sweep.glob("[01]_*") if p.is_dir())
+        if len(jobs) == 2 and all(history(j) and (j / "checkpoints" / "last.ckpt").is_file() for j in jobs):
+            break
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        assert time.time() < deadline, "timed out waiting for both jobs to checkpoint"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out[-2000:] + err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    records = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [r["status"] for r in records] == ["running", "running"]
+    assert all(len(r["history"]) < 6 for r in records)
+    from segsweep.reporting.jobs import load_job
+
+    assert [load_job(job).status for job in jobs] == ["interrupted", "interrupted"]
+
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in jobs:
+        resumed = json.loads((job / "metrics.json").read_text())
+        assert resumed["status"] == "completed" and resumed["attempts"] == 2
+        assert [row["epoch"] for row in resumed["history"]] == list(range(6))
+        assert not (job / "previous").exists()  # resumed in place, nothing started over

@@ -3,9 +3,11 @@ syntax, failed and diverged trials, pruning, resume after a kill, parallel trial
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,12 +27,19 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from hydra_plugins.segsweep_optuna_sweeper._search import Search, consecutive_blocks
+from hydra_plugins.segsweep_optuna_sweeper._search import (
+    OWNER_ATTR,
+    RETRY_ATTR,
+    STALE_S,
+    SURPLUS_ATTR,
+    Search,
+    consecutive_blocks,
+)
 from hydra_plugins.segsweep_optuna_sweeper._search_space import grid_values, parse_search_space
 from hydra_plugins.segsweep_optuna_sweeper.sweeper import OptunaSweeper
 from segsweep.callbacks import DivergedError
+from segsweep.jobs.run import run_job
 from segsweep.train import train
-from segsweep.utils.run import run_job
 
 GROUP_CHOICES = {group: [p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")]
                  for group in ("loss", "model", "encoder")}
@@ -95,9 +104,9 @@ def test_search_space_syntax_maps_to_optuna_distributions():
         grid_values("optimizer.lr", space["optimizer.lr"])
 
 
-def test_trials_launch_in_runs_of_consecutive_numbers():
-    trials = [type("T", (), {"number": n})() for n in (8, 3, 4, 9, 7)]
-    assert [[t.number for t in block] for block in consecutive_blocks(trials)] == [[3, 4], [7, 8, 9]]
+def test_trials_launch_in_runs_of_consecutive_job_numbers():
+    numbered = [(n, f"t{n}") for n in (8, 3, 4, 9, 7)]
+    assert [[t for _, t in block] for block in consecutive_blocks(numbered)] == [["t3", "t4"], ["t7", "t8", "t9"]]
 
 
 class ScriptedLauncher:
@@ -148,19 +157,81 @@ def test_failures_are_told_fail_and_max_failures_ends_the_search(tmp_path):
     assert results["trials"]["complete"] == 2 and results["trials"]["fail"] == 3
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (a search killed with SIGKILL)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
 @pytest.mark.parametrize("storage", [None, "sqlite:///{}/study.db"])  # the journal file, a database
-def test_a_resumed_search_reruns_interrupted_trials_under_their_numbers(tmp_path, storage):
+def test_an_interrupted_trial_is_retried_in_its_own_job_dir(tmp_path, storage):
     storage = storage and storage.format(tmp_path)
-    search_, _ = scripted_search(tmp_path, [0.5, 0.6], n_trials=2, storage=storage)
-    interrupted = search_.study.ask(search_.distributions)  # trial 0, its search was killed
+    search_, _ = scripted_search(tmp_path, [], n_trials=2, storage=storage)
+    interrupted = search_.study.ask(search_.distributions)  # trial 0: its worker was killed
+    interrupted.set_user_attr(OWNER_ATTR, {"host": socket.gethostname(), "pid": dead_pid(), "worker": "gone"})
     search_.study.tell(search_.study.ask(search_.distributions), 0.4)  # trial 1 completed
-    resumed, launcher = scripted_search(tmp_path, [0.5, 0.6, 0.7], n_trials=3, storage=storage)
+    resumed, launcher = scripted_search(tmp_path, [0.5, 0.7], n_trials=3, storage=storage)
     resumed.run()
-    assert [(t.number, t.state) for t in resumed.study.get_trials()] == [(n, TrialState.COMPLETE) for n in range(3)]
-    assert [first for first, _ in launcher.launches] == [0, 2]  # n_trials is the total
+    trials = resumed.study.get_trials()
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.FAIL), (1, TrialState.COMPLETE),
+                                                     (2, TrialState.COMPLETE), (3, TrialState.COMPLETE)]
+    assert trials[0].user_attrs["error"].startswith("interrupted") and trials[2].user_attrs[RETRY_ATTR] == 0
+    assert trials[2].params == interrupted.params  # the same trial, again
+    assert [first for first, _ in launcher.launches] == [0, 2]  # job dirs 0 (resumed) and 2: n_trials is the total
     assert f"optimizer.lr={interrupted.params['optimizer.lr']}" in launcher.launches[0][1][0]
     # The seeded sampler does not draw the first trials' parameters again.
-    assert len({t.params["optimizer.lr"] for t in resumed.study.get_trials()}) == 3
+    assert len({t.params["optimizer.lr"] for t in trials}) == 3
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["trials"]["complete"] == 3
+
+
+def test_a_trial_killed_before_its_parameters_were_drawn_is_retried_with_them(tmp_path):
+    """The window the kill hit in a loaded run: the trial exists (RUNNING) with some parameters or
+    none. It is retried, its missing parameters drawn, never completed without them."""
+    search_, _ = scripted_search(tmp_path, [], n_trials=1,
+                                 params={"optimizer.lr": "interval(0.001, 0.01)", "loss": "choice(dice, bce)"})
+    half = optuna.trial.create_trial(state=TrialState.RUNNING, params={"loss": "dice"},
+                                     distributions={"loss": CategoricalDistribution(["dice", "bce"])})
+    half.datetime_start -= datetime.timedelta(seconds=STALE_S + 1)  # killed between ask and marking it
+    search_.study.add_trial(half)
+    resumed, launcher = scripted_search(tmp_path, [0.5], n_trials=1,
+                                        params={"optimizer.lr": "interval(0.001, 0.01)", "loss": "choice(dice, bce)"})
+    resumed.run()
+    killed, retry = resumed.study.get_trials()
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params["loss"] == "dice" and 0.001 <= retry.params["optimizer.lr"] <= 0.01
+    (first, (overrides,)), = launcher.launches
+    assert first == 0 and "loss=dice" in overrides and any(o.startswith("optimizer.lr=") for o in overrides)
+
+
+def test_a_worker_that_loses_the_race_for_the_last_place_runs_nothing(tmp_path):
+    """Two workers on one study, n_trials=2: both counted one place left and asked at once. Trial
+    numbers are given out atomically; the later one is surplus: told FAIL, never launched, and
+    counted nowhere. The workers' seeded samplers draw different points."""
+    a, launched_a = scripted_search(tmp_path, [0.5, 0.6], n_trials=2)
+    b, launched_b = scripted_search(tmp_path, [0.7], n_trials=2)
+    a.study.tell(a.claim_batch()[0], 0.5)  # trial 0
+    b.room = lambda: 1  # B counted before A asked
+    (trial_a,) = a.claim_batch()  # trial 1: the last place
+    assert b.claim_batch() == []  # trial 2: surplus
+    surplus = b.study.get_trials()[2]
+    assert surplus.state == TrialState.FAIL and "n_trials=2 were taken" in surplus.user_attrs[SURPLUS_ATTR]
+    a.study.tell(trial_a, 0.6)
+    a.write_results()
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["trials"]["complete"] == 2 and results["trials"]["fail"] == 0  # the surplus one counts nowhere
+    draws = [t.params["optimizer.lr"] for t in a.study.get_trials()[:2]]
+    assert draws[0] != draws[1]
+
+
+def test_a_seeded_search_draws_the_same_points_again(tmp_path):
+    runs = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        search_, _ = scripted_search(tmp_path / name, [0.1, 0.2, 0.3], n_trials=3)
+        search_.run()
+        runs.append([t.params["optimizer.lr"] for t in search_.study.get_trials()])
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3
 
 
 def test_the_best_trials_are_reevaluated_with_other_seeds_once(tmp_path):
@@ -258,9 +329,17 @@ def test_a_killed_search_resumes_to_exactly_n_trials(tmp_path):
     assert completed_trials(sweep) == 2
 
     search(tmp_path, *args, sweep=sweep)
-    trials = load_study(sweep).get_trials()
-    assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
+    from hydra_plugins.segsweep_optuna_sweeper._search import job_numbers
+
+    study = load_study(sweep)
+    jobs = job_numbers(study.get_trials(), 4)
+    latest = {jobs[t.number]: t for t in sorted(counted_trials(study, 4), key=lambda t: t.number)}
+    trials = [latest[job] for job in sorted(latest)]  # each job's last trial (a retry replaces the interrupted)
+    assert sorted(latest) == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.params["optimizer.lr"] for t in trials}) == 4  # no repeats of the first draws
+    # The trial the kill cut short is recorded as interrupted, and retried in its own job dir.
+    interrupted = [t for t in study.get_trials() if jobs[t.number] is not None and t not in trials]
+    assert all(t.state == TrialState.FAIL and t.user_attrs["error"].startswith("interrupted") for t in interrupted)
     dirs = job_dirs(sweep)
     assert [int(d.name.split("_")[0]) for d in dirs] == [0, 1, 2, 3]
     for trial, job_dir in zip(trials, dirs, strict=True):
@@ -336,3 +415,74 @@ def test_every_shipped_sampler_and_pruner_builds(group, name):
     built = instantiate(cfg.hydra.sweeper[group])
     assert isinstance(built, optuna.samplers.BaseSampler if group == "sampler" else optuna.pruners.BasePruner)
     GlobalHydra.instance().clear()
+
+
+def counted_trials(study, n_trials: int) -> list:
+    """The trials that took a place in the search (surplus ones lost a race and never ran)."""
+    from hydra_plugins.segsweep_optuna_sweeper._search import job_numbers
+
+    jobs = job_numbers(study.get_trials(), n_trials)
+    return [t for t in study.get_trials() if jobs[t.number] is not None]
+
+
+def test_two_search_workers_on_one_study_run_exactly_n_trials(tmp_path):
+    """Two `segsweep-train -m hparams_search=optuna` processes started together on one sweep dir
+    (one study, in its journal file), the median pruner on: together they run exactly n_trials
+    trials with distinct parameters, one job in each job dir, and both end well."""
+    sweep = tmp_path / "sweep"
+    args = ["hydra.sweeper.n_trials=4", "optimizer.lr=interval(0.001, 0.01)", "hydra.sweeper.sampler.seed=3",
+            "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "trainer.max_epochs=2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers = [subprocess.Popen(search_command(sweep, *args), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    trials = counted_trials(load_study(sweep), 4)
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.params["optimizer.lr"] for t in trials}) == 4  # the two workers drew different points
+    dirs = job_dirs(sweep)
+    assert [int(d.name.split("_")[0]) for d in dirs] == [0, 1, 2, 3]
+    assert not list(sweep.glob("*/previous"))  # no job dir was started twice
+    lrs = sorted(t.params["optimizer.lr"] for t in trials)
+    ran = sorted(float(next(o for o in metrics(d)["overrides"] if o.startswith("optimizer.lr=")).split("=")[1])
+                 for d in dirs)
+    assert ran == pytest.approx(lrs)
+    assert all(metrics(d)["status"] in ("completed", "pruned") for d in dirs)
+
+
+def dashboard_studies(storage: str, timeout: float = 120) -> list[str]:
+    """The study names ``optuna-dashboard <storage>`` lists (its HTTP API), the dashboard started
+    on a free port and stopped after."""
+    import shutil
+    import urllib.request
+
+    port = free_port()
+    dashboard = subprocess.Popen([shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable)), storage,
+                                  "--port", str(port), "--host", "127.0.0.1", "--quiet"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    return [study["study_name"] for study in json.loads(answer.read())["study_summaries"]]
+            except OSError:
+                assert dashboard.poll() is None, dashboard.stdout.read()
+                assert time.time() < deadline, "optuna-dashboard did not answer"
+                time.sleep(0.3)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_optuna_dashboard_opens_a_search_in_its_journal_file(tmp_path):
+    """What the README tells a user watching a running search: optuna-dashboard <sweep dir>/optuna_journal.log."""
+    search_, _ = scripted_search(tmp_path, [0.5], n_trials=1)
+    search_.run()
+    assert dashboard_studies(str(tmp_path / "optuna_journal.log")) == ["s"]

@@ -45,7 +45,8 @@ def binary_ckpt(tmp_path_factory):
     # Trained for real (the checkpoint format segsweep-train writes). A shallow classic U-Net: its
     # receptive field (~41 px) fits in the tile overlap, so tiled == whole tests the tiling only.
     out, cfg = composed(tmp_path_factory, "binary", "model=classic_unet", "model.depth=2",
-                        "model.base_width=8", "trainer.max_epochs=2", "optimizer.lr=0.01",
+                        "model.base_width=8", "trainer.max_epochs=4", "data.splits.train.num_images=32",
+                        "optimizer.lr=0.01",
                         "test=false")
     return train(cfg)["best_checkpoint"]
 

@@ -99,11 +99,20 @@ def test_min_mode_metric_ranks_lowest_first(sweep):
 
 
 def test_finished_sweep_marks_jobs_without_metrics_interrupted(sweep):
-    (sweep / "0_unet-resnet18-dice" / "metrics.json").write_text('{"status": "compl')  # truncated
     df = collect(sweep, finished=True).set_index("job")
     assert df.loc["5_unet-resnet18-lovasz", "status"] == "interrupted"
-    assert df.loc["0_unet-resnet18-dice", "status"] == "interrupted"
-    assert "unreadable" in df.loc["0_unet-resnet18-dice", "error"]
+
+
+def test_a_truncated_metrics_json_is_unreadable_with_its_reason_printed(sweep, capsys):
+    """Not 'running' (nothing runs it) nor 'interrupted': damaged; the console says why."""
+    (sweep / "0_unet-resnet18-dice" / "metrics.json").write_text('{"status": "compl')  # truncated
+    for finished in (False, True):
+        df = collect(sweep, finished=finished).set_index("job")
+        assert df.loc["0_unet-resnet18-dice", "status"] == "unreadable"
+        assert "JSONDecodeError" in df.loc["0_unet-resnet18-dice", "error"]
+    assert report_main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    assert "Unreadable: `0_unet-resnet18-dice`: unreadable" in printed and "metrics.json: JSONDecodeError" in printed
 
 
 def test_write_report_files(sweep):
@@ -196,3 +205,15 @@ def test_hydra_callback_writes_report_and_never_raises(sweep, tmp_path, caplog):
     bad = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nope")}}})
     LeaderboardCallback().on_multirun_end(bad)  # logged, not raised
     assert "Could not write the sweep report" in caplog.text
+
+
+def test_the_report_imports_neither_torch_nor_lightning():
+    """segsweep-report starts in a blink and runs where no torch is installed (a laptop reading a
+    cluster's sweep dir)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, segsweep.reporting.cli, segsweep.reporting.report, segsweep.reporting.hydra_callback\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'pytorch_lightning'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

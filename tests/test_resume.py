@@ -95,14 +95,21 @@ def test_a_killed_run_resumes_bit_identical_to_an_uninterrupted_run(tmp_path):
     for a, b in zip(weights(killed / "checkpoints" / "last.ckpt").values(),
                     weights(tmp_path / "straight" / "checkpoints" / "last.ckpt").values(), strict=True):
         assert torch.equal(a, b)
-    # The CSV logger went on in the same file: one version dir holding every epoch's validation row
-    # (the epoch the kill cut short was logged by both attempts).
+    # The CSV logger went on in the same file, and the steps the killed attempt logged and the
+    # resumed one logged again (learning rate, losses) are there once: the same cells as the
+    # uninterrupted run's log.
     assert [p.name for p in (killed / "csv").iterdir()] == ["version_0"]
-    rows = (killed / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    epochs = [line.split(",")[header.index("epoch")] for line in rows[1:]
-              if line.split(",")[header.index("val/iou")]]
-    assert sorted(set(epochs)) == ["0", "1", "2", "3", "4"] and len(epochs) <= 6
+    assert csv_cells(killed) == csv_cells(tmp_path / "straight")
+
+
+def csv_cells(job_dir: Path) -> list[tuple[str, str, str]]:
+    """Every (step, metric, value) of a job's CSV log, sorted; a repeated cell would show twice."""
+    import csv
+
+    with open(job_dir / "csv" / "version_0" / "metrics.csv", newline="") as file:
+        cells = [(row["step"], key, value) for row in csv.DictReader(file) for key, value in row.items()
+                 if value != "" and key != "step"]
+    return sorted(cells)
 
 
 def test_rerunning_a_finished_run_changes_nothing_and_a_changed_config_is_refused(tmp_path):
@@ -140,6 +147,28 @@ def test_more_epochs_extend_a_finished_run_and_are_recorded(tmp_path):
     assert extended["resumed_with_changes"] == {"trainer.max_epochs": [1, 2]}
     refused = run(tmp_path, *[*TINY, f"hydra.run.dir={job}", "trainer.max_epochs=3"], ok=False)
     assert "scheduler" in refused.stderr  # the cosine default differs from scheduler=none
+
+
+def test_a_failed_extension_keeps_the_completed_result_and_is_retried(tmp_path):
+    """A completed 2-epoch run asked for a 3rd epoch fails (a bad data.num_workers): its completed
+    record stays, the failure is noted beside it, and the next run extends it from last.ckpt,
+    ending as a straight 3-epoch run does."""
+    job = tmp_path / "job"
+    base = [*TINY, "scheduler=none", f"hydra.run.dir={job}"]
+    run(tmp_path, *base, "trainer.max_epochs=2")
+    completed = metrics(job)
+    failed = run(tmp_path, *base, "trainer.max_epochs=3", "data.num_workers=-1", ok=False)
+    assert failed.returncode != 0 and "num_workers" in failed.stderr
+    kept = metrics(job)
+    note = kept.pop("failed_extension")
+    assert kept == completed  # status, best, final, history: untouched
+    assert "num_workers" in note["error"] and "trainer.max_epochs=3" in note["overrides"]
+    assert not (job / "previous").exists()  # nothing was moved aside
+    run(tmp_path, *base, "trainer.max_epochs=3")
+    extended = metrics(job)
+    run(tmp_path, *TINY, "scheduler=none", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'straight'}")
+    assert extended["status"] == "completed" and "failed_extension" not in extended
+    same_run(extended, metrics(tmp_path / "straight"))
 
 
 def test_a_killed_sweep_rerun_keeps_finished_jobs_resumes_and_runs_the_rest(tmp_path):
@@ -199,8 +228,8 @@ def spoil(kind: str, path: Path, good: Path) -> None:
 @pytest.mark.parametrize("kind", [*BAD_FILES, "truncated"])
 def test_each_kind_of_bad_checkpoint_is_named_in_one_line(tmp_path, trained, kind):
     """What every entry point loads through (load_task: eval and predict; train's resume check)."""
+    from segsweep.jobs.checkpoints import CheckpointError, read_checkpoint
     from segsweep.tasks import load_task
-    from segsweep.utils.checkpoints import CheckpointError, read_checkpoint
 
     bad = tmp_path / "bad.ckpt"
     spoil(kind, bad, trained / "checkpoints" / "last.ckpt")
@@ -259,9 +288,10 @@ def test_predict_refuses_to_write_over_its_inputs(tmp_path, trained):
     Image.new("RGB", (40, 40)).save(images / "a.png")
     before = (images / "a.png").read_bytes()
     done = run(tmp_path, f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"input={images}",
-               f"output={images}", f"hydra.run.dir={tmp_path / 'p'}", module="segsweep.predict", ok=False)
+               f"output={images}", module="segsweep.predict", ok=False)
     assert done.returncode != 0 and "would overwrite input" in done.stderr and str(images / "a.png") in done.stderr
     assert (images / "a.png").read_bytes() == before
+    assert [p.name for p in images.iterdir()] == ["a.png"]  # not even Hydra's .hydra/ or predict.log
 
 
 def test_long_overrides_make_valid_wandb_tags():
@@ -290,7 +320,7 @@ def test_a_killed_ddp_job_resumes_identical_to_an_uninterrupted_one(tmp_path):
 
 def finished_dir(make_cfg, status: str, *overrides: str):
     """A job dir as a finished run leaves it (record + metrics.json), without training."""
-    from segsweep.utils.jobdir import plan_job
+    from segsweep.jobs.plan import plan_job
 
     cfg = make_cfg(*overrides)
     assert plan_job(cfg).action == "start"  # writes job.json
@@ -301,9 +331,9 @@ def finished_dir(make_cfg, status: str, *overrides: str):
 
 @pytest.mark.parametrize(("status", "rerun", "action"), [
     ("failed", "failed", "start"), ("failed", "none", "skip"), ("completed", "failed", "skip"),
-    ("completed", "all", "start"), ("pruned", "failed", "skip")])
+    ("completed", "all", "start"), ("pruned", "failed", "skip"), ("running", "all", "start")])
 def test_rerun_decides_which_finished_jobs_run_again(make_cfg, status, rerun, action):
-    from segsweep.utils.jobdir import plan_job
+    from segsweep.jobs.plan import plan_job
 
     job = finished_dir(make_cfg, status)
     before = (job / "metrics.json").read_bytes()
@@ -316,10 +346,8 @@ def test_rerun_decides_which_finished_jobs_run_again(make_cfg, status, rerun, ac
 
 
 def test_a_resumed_job_keeps_its_wandb_run_id(make_cfg):
-    from hydra.utils import instantiate
-    from omegaconf import open_dict
-
-    from segsweep.utils.jobdir import plan_job
+    from segsweep.jobs.plan import plan_job
+    from segsweep.utils.instantiate import instantiate_loggers
 
     cfg = make_cfg("logger=wandb")
     first = plan_job(cfg)
@@ -330,9 +358,7 @@ def test_a_resumed_job_keeps_its_wandb_run_id(make_cfg):
     torch.save({"segsweep_task": "x", "state_dict": {}}, ckpt)
     again = plan_job(make_cfg("logger=wandb"))
     assert (again.action, again.run_id, again.resume_ckpt) == ("resume", first.run_id, str(ckpt))
-    with open_dict(cfg):
-        cfg.run_id = again.run_id
-    logger = instantiate(cfg.logger.wandb)
+    (logger,) = instantiate_loggers(cfg.logger, run_id=again.run_id)  # as train() builds them
     assert logger._wandb_init["id"] == first.run_id and logger._wandb_init["resume"] == "allow"
     # The overrides hold this long tmp path: W&B would refuse the tag (64 characters at most).
     assert max(len(o) for o in cfg.logger.wandb.tags) > 64
@@ -353,27 +379,60 @@ def test_report_tells_running_from_interrupted(tmp_path):
     assert load_job(tmp_path / "0_alive", finished=True).status == "interrupted"
 
 
-def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_whole(tmp_path):
-    """Lightning's checkpoint writer (the Trainer's TorchCheckpointIO) writes through a temporary
-    file and a rename; SIGKILL a process that rewrites a ~40 MB checkpoint in a loop."""
-    target = tmp_path / "last.ckpt"
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_whole(tmp_path, other_filesystem):
+    """segsweep's checkpoint writer, with the run dir on one file system and TMPDIR on another
+    (where fsspec's "atomic" transaction, Lightning's default, copies its temporary file over the
+    target): SIGKILL a process rewriting a ~40 MB checkpoint in a loop, at random moments; the
+    checkpoint is always a whole one, and no temporary file is left beside it but the one the kill
+    cut short."""
+    target = other_filesystem(200) / "checkpoints" / "last.ckpt"
     script = (
         "import sys, torch\n"
-        "from lightning.pytorch.plugins.io import TorchCheckpointIO\n"
-        "io = TorchCheckpointIO()\n"
+        "from segsweep.jobs.checkpoints import AtomicCheckpointIO\n"
+        "io = AtomicCheckpointIO()\n"
         "for i in range(10**6):\n"
         "    io.save_checkpoint({'segsweep_task': 'x', 'i': i, 'w': torch.full((10**7,), float(i))}, sys.argv[1])\n"
         "    print(i, flush=True)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "0"  # one whole checkpoint exists
-    time.sleep(1.0)  # the next writes are in progress now, most of the time
-    process.kill()
-    process.wait()
-    from segsweep.utils.checkpoints import read_checkpoint
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    assert os.stat(tmp_path).st_dev != os.stat(target.parents[1]).st_dev
+    from segsweep.jobs.checkpoints import read_checkpoint
 
-    saved = read_checkpoint(target)
-    assert float(saved["w"][0]) == saved["i"] and float(saved["w"][-1]) == saved["i"]
+    for delay in (0.3, 0.55, 0.8, 1.05, 1.3):
+        process = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True,
+                                   env=env)
+        assert process.stdout.readline().strip()  # one whole checkpoint exists
+        time.sleep(delay)  # the next writes are in progress now, most of the time
+        process.kill()
+        process.wait()
+        saved = read_checkpoint(target)
+        assert float(saved["w"][0]) == saved["i"] and float(saved["w"][-1]) == saved["i"]
+        assert len(list(target.parent.glob(".last.ckpt.*.tmp"))) <= 1
+        for leftover in target.parent.glob(".last.ckpt.*.tmp"):
+            leftover.unlink()
+
+
+def test_training_writes_checkpoints_through_the_atomic_writer(make_cfg):
+    from segsweep.callbacks import RunSummary
+    from segsweep.jobs.checkpoints import AtomicCheckpointIO
+    from segsweep.train import build_trainer
+
+    trainer = build_trainer(make_cfg("callbacks=default", "~callbacks.progress_bar", "trainer=ddp_cpu"), RunSummary())
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_full_disk_fails_in_one_line_naming_the_file_and_leaves_no_temp_file(tmp_path, other_filesystem):
+    """The run dir on a 2 MB file system: checkpoints do not fit. The error is one line naming the
+    file and the free space, no temporary file stays, and the job is recorded as failed."""
+    job = other_filesystem(2) / "job"
+    done = run(tmp_path, *TINY, "trainer.max_epochs=2", f"hydra.run.dir={job}", ok=False)
+    assert done.returncode == 1
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "no space left" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert str(job) in errors[0] and "free there" in errors[0]
+    assert not [p for p in job.rglob("*") if p.name.endswith(".tmp")]
+    record = metrics(job)
+    assert record["status"] == "failed" and "no space left" in record["error"]
 
 
 def test_history_rows_hold_their_own_epochs_training_loss(make_cfg, monkeypatch):
@@ -390,7 +449,7 @@ def test_history_rows_hold_their_own_epochs_training_loss(make_cfg, monkeypatch)
             seen.setdefault(trainer.current_epoch, []).append((float(outputs["loss"]), len(batch["image"])))
 
     build = training.build_trainer
-    monkeypatch.setattr(training, "build_trainer", lambda cfg, summary: _with(build(cfg, summary), Collect()))
+    monkeypatch.setattr(training, "build_trainer", lambda cfg, summary, **kw: _with(build(cfg, summary, **kw), Collect()))
     result = training.train(make_cfg("trainer.max_epochs=2", "data.batch_size=3", "model.base_width=8"))
     for row in result["history"]:
         losses = seen[row["epoch"]]
@@ -406,7 +465,7 @@ def _with(trainer, callback):
 
 def test_a_new_job_dir_keeps_hydras_own_files(make_cfg):
     """Hydra writes .hydra/ and the job's log before the job starts: a first start moves nothing."""
-    from segsweep.utils.jobdir import plan_job
+    from segsweep.jobs.plan import plan_job
 
     cfg = make_cfg()
     job = Path(cfg.paths.output_dir)

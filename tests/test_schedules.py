@@ -106,7 +106,7 @@ def test_training_under_cosine_budget_ends_at_eta_min(make_cfg, tmp_path):
 def test_a_changed_budget_is_a_changed_run(make_cfg):
     # trainer.max_time may change between attempts, but under cosine_budget it is the schedule's
     # length: the job dir refuses it, naming the key, as it refuses a cosine's T_max.
-    from segsweep.utils.jobdir import JobDirConflict, plan_job
+    from segsweep.jobs.plan import JobDirConflict, plan_job
 
     assert plan_job(make_cfg("scheduler=cosine_budget", "trainer.max_time=00:00:10:00")).action == "start"
     with pytest.raises(JobDirConflict, match=r"scheduler\.budget: '00:00:10:00' there, '00:00:20:00' now"):

@@ -43,7 +43,7 @@ def test_every_architecture_takes_a_training_step(make_cfg, model):
     assert logits.shape == (1, len(datamodule.class_names), 50, 70)
 
 
-def test_fit_and_test_write_metrics_json(make_cfg, tmp_path):
+def test_fit_and_test_write_metrics(make_cfg, tmp_path):
     cfg = make_cfg(f"encoder={TINY_ENCODER}", "trainer.max_epochs=2")
     result = train(cfg)
     saved = json.loads((tmp_path / "metrics.json").read_text())

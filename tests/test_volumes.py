@@ -267,7 +267,8 @@ def test_training_on_synthetic_3d_learns(tmp_path):
     assert result["best"]["val/dice"] > chance + 0.3, (result["best"]["val/dice"], chance)
     assert result["final"]["test/dice"] > chance + 0.3
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["peak_memory_mb"] > saved["peak_step_growth_mb"] > 0
+    # A step's growth can be 0 on CPU: the allocator reuses pages this process already holds.
+    assert saved["peak_memory_mb"] > saved["peak_step_growth_mb"] >= 0
 
 
 @pytest.mark.slow  # two ranks: 45 s on 2 idle cores, 100 s loaded; beyond the default run's budget

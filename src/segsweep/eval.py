@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from segsweep.callbacks import RunSummary
 from segsweep.callbacks.run_summary import to_float
 from segsweep.inference import Predictor
-from segsweep.launch import launch, needs_launch
+from segsweep.jobs.ddp import launch_ranks, needs_launch
+from segsweep.jobs.plan import JobPlan
+from segsweep.jobs.records import hydra_context
+from segsweep.jobs.run import run_job, write_metrics
 from segsweep.tasks import load_task
 from segsweep.train import CONFIG_DIR, build_datamodule, build_trainer
-from segsweep.utils.run import hydra_context, run_job, write_metrics_json
 
 SPLITS = ("val", "test")
 
@@ -72,7 +74,7 @@ def evaluated_metric(trained_with: DictConfig, split: str) -> str | None:
     return f"{split}/{monitored.split('/', 1)[1]}" if monitored and "/" in monitored else None
 
 
-def evaluate(cfg: DictConfig) -> dict:
+def evaluate(cfg: DictConfig, plan: JobPlan | None = None) -> dict:
     started = time.time()
     if not cfg.get("ckpt_path") or not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.get('ckpt_path')!r}: no such checkpoint file")
@@ -87,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(
             f"the data's classes {datamodule.class_names} differ from the checkpoint's {task.class_names}"
         )
-    trainer = build_trainer(cfg, RunSummary())
+    trainer = build_trainer(cfg, RunSummary(), run_id=plan.run_id if plan else None)
     run = trainer.validate if cfg.split == "val" else trainer.test
     run(task, datamodule=datamodule)
     result = {
@@ -103,19 +105,19 @@ def evaluate(cfg: DictConfig) -> dict:
         "wall_time_s": time.time() - started,
         **hydra_context(cfg),
     }
-    write_metrics_json(cfg.paths.output_dir, result)
+    write_metrics(cfg.paths.output_dir, result)
     return {**result, "value": result["final"].get(result["monitor"])}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    if needs_launch(cfg):  # DDP evaluation: this job starts its own ranks (segsweep/launch.py)
-        return run_job(launch_ranks, cfg)["value"]
+    if needs_launch(cfg):  # DDP evaluation: this job starts its own ranks (segsweep/jobs/ddp.py)
+        return run_job(evaluate_on_ranks, cfg)["value"]
     return run_job(evaluate, cfg)["value"]
 
 
-def launch_ranks(cfg: DictConfig) -> dict:
-    result = launch(cfg, "segsweep.eval:evaluate")
+def evaluate_on_ranks(cfg: DictConfig, plan: JobPlan) -> dict:
+    result = launch_ranks(cfg, "segsweep.eval:evaluate", plan)
     return {**result, "value": result["final"].get(result.get("monitor"))}
 
 

@@ -163,6 +163,17 @@ def refuse_overwriting_inputs(files: list[Path], output: Path) -> None:
                          "choose an output folder apart from the inputs")
 
 
+def prediction_dir(input: str, output: str) -> str:
+    """``hydra.run.dir`` of a prediction: ``output``, once it is known not to overwrite any input
+    (any readable suffix: the checkpoint, which decides, is not loaded yet). Checked while Hydra
+    resolves its run dir, so a refused prediction writes nothing, not even Hydra's .hydra/."""
+    refuse_overwriting_inputs(list_inputs(input, tuple({*IMAGE_SUFFIXES, *VOLUME_SUFFIXES})), Path(output))
+    return output
+
+
+OmegaConf.register_new_resolver("prediction_dir", prediction_dir, replace=True)
+
+
 def predict(cfg: DictConfig | dict) -> dict:
     """Predict every image of ``cfg.input`` into ``cfg.output``; returns the index it writes."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg

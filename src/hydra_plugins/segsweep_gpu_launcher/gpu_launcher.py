@@ -11,10 +11,10 @@ Written here because no maintained Hydra launcher allocates GPUs (Hydra issues #
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -32,11 +32,13 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from segsweep.jobs.records import failed_record, write_metrics
+
+from .child import INTERRUPTED
 from .slots import Slot, make_slots
 
 log = logging.getLogger(__name__)
 WORK_DIR = ".gpu_launcher"  # in the sweep dir: job payloads, results and each job's console output
-METRICS_FILE = "metrics.json"  # what segsweep's reports read (segsweep.utils.run writes it)
 
 
 class GpuLauncher(Launcher):
@@ -51,6 +53,8 @@ class GpuLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self.slots: list[Slot] = []
+        self.running: dict[int, subprocess.Popen] = {}  # job number -> its process
+        self.interrupted = threading.Event()
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -71,7 +75,9 @@ class GpuLauncher(Launcher):
         free_slots = list(self.slots)
         lock = threading.Lock()
 
-        def run(job: dict) -> JobReturn:
+        def run(job: dict) -> JobReturn | None:
+            if self.interrupted.is_set():  # Ctrl-C: no new job starts
+                return None
             # At most len(slots) jobs run at once (the pool's size), so a free slot always exists.
             with lock:
                 slot = free_slots.pop(0)
@@ -81,10 +87,32 @@ class GpuLauncher(Launcher):
                 with lock:
                     free_slots.append(slot)
 
-        with ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="gpu-slot") as pool:
-            returns = list(pool.map(run, jobs))
+        pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="gpu-slot")
+        futures = [pool.submit(run, job) for job in jobs]
+        try:
+            returns = [future.result() for future in futures]
+        except KeyboardInterrupt:
+            self._interrupt(pool)
+        pool.shutdown()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
+
+    def _interrupt(self, pool: ThreadPoolExecutor) -> None:
+        """Ctrl-C, as under Hydra's basic launcher: the running jobs stop where they are (each got
+        the SIGINT too, or gets it now) and stay resumable (``running`` in their metrics.json, so
+        ``interrupted``: the same command resumes them from their last checkpoint); no new job
+        starts. Then the sweep ends, with exit code 130 and no traceback."""
+        self.interrupted.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        running = dict(self.running)
+        for process in running.values():  # Lightning ends a fit gracefully on its first SIGINT
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        log.warning("Interrupted: waiting for the running jobs %s to stop", sorted(running))
+        pool.shutdown(wait=True)
+        log.warning("Interrupted: jobs %s stopped and resume from their last checkpoint when this command "
+                    "is run again (same hydra.sweep.dir)", sorted(running))
+        raise SystemExit(INTERRUPTED)
 
     def _prepare(self, idx: int, overrides: Sequence[str], work_dir: Path) -> dict:
         """Compose the job's config here, as the basic launcher does (same job number and id)."""
@@ -109,8 +137,11 @@ class GpuLauncher(Launcher):
         log.info(f"#{idx} started on GPU {slot.cuda_visible_devices} (console output: {console})")
         started = time.time()
         with open(console, "w") as out:
-            code = subprocess.run([sys.executable, "-m", "hydra_plugins.segsweep_gpu_launcher.child",
-                                   str(payload), str(result)], env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            process = subprocess.Popen([sys.executable, "-m", "hydra_plugins.segsweep_gpu_launcher.child",
+                                        str(payload), str(result)], env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.running[idx] = process
+            code = process.wait()
+            del self.running[idx]
         payload.unlink(missing_ok=True)
         if result.is_file():
             job_return = cloudpickle.loads(result.read_bytes())
@@ -118,7 +149,19 @@ class GpuLauncher(Launcher):
             log.info(f"#{idx} on GPU {slot.cuda_visible_devices} ended after {time.time() - started:.1f} s "
                      f"({job_return.status.name.lower()})")
             return job_return
+        if code in (INTERRUPTED, -signal.SIGINT) or self.interrupted.is_set():
+            return self._interrupted_return(job)  # stays resumable: nothing is recorded
         return self._record_death(job, code, console, time.time() - started)
+
+    def _return(self, job: dict, status: JobStatus, value: Any) -> JobReturn:
+        task_cfg = OmegaConf.masked_copy(job["config"], [k for k in job["config"] if k != "hydra"])
+        return JobReturn(overrides=job["overrides"], cfg=task_cfg, hydra_cfg=job["config"], working_dir=os.getcwd(),
+                         task_name=job["config"].hydra.job.name, status=status, _return_value=value)
+
+    def _interrupted_return(self, job: dict) -> JobReturn:
+        log.warning(f"#{job['idx']} was interrupted (SIGINT): it resumes from its last checkpoint when the sweep is "
+                    "run again")
+        return self._return(job, JobStatus.FAILED, KeyboardInterrupt(f"job {job['idx']} interrupted"))
 
     def _record_death(self, job: dict, code: int, console: Path, seconds: float) -> JobReturn:
         """A process that died without a result (killed for memory, a native crash) fails only its
@@ -127,18 +170,12 @@ class GpuLauncher(Launcher):
         tail = console.read_text(errors="replace").splitlines()[-20:] if console.is_file() else []
         error = f"job process died ({reason}) after {seconds:.0f} s; console output in {console}"
         log.error(f"#{job['idx']}: {error}\n" + "\n".join(tail))
-        job_dir = Path(job["job_dir"])
-        job_dir.mkdir(parents=True, exist_ok=True)
         choices = {k: v for k, v in job["config"].hydra.runtime.choices.items() if not k.startswith("hydra/")}
-        (job_dir / METRICS_FILE).write_text(json.dumps({
-            "status": "failed", "error": error, "traceback": "\n".join(tail), "run_name": job["run_name"],
-            "monitor": job["monitor"], "wall_time_s": seconds, "overrides": job["overrides"],
-            "choices": OmegaConf.to_container(OmegaConf.create(choices)), "job_num": job["idx"], "multirun": True,
-        }, indent=2) + "\n")
-        task_cfg = OmegaConf.masked_copy(job["config"], [k for k in job["config"] if k != "hydra"])
-        return JobReturn(overrides=job["overrides"], cfg=task_cfg, hydra_cfg=job["config"], working_dir=os.getcwd(),
-                         task_name=job["config"].hydra.job.name, status=JobStatus.COMPLETED,
-                         _return_value=math.nan)
+        context = {"overrides": job["overrides"], "choices": OmegaConf.to_container(OmegaConf.create(choices)),
+                   "job_num": job["idx"], "multirun": True}
+        write_metrics(job["job_dir"], failed_record(error, "\n".join(tail), run_name=job["run_name"],
+                                                    monitor=job["monitor"], wall_time_s=seconds, context=context))
+        return self._return(job, JobStatus.COMPLETED, math.nan)
 
 
 def _job_identity(config: DictConfig) -> dict[str, Any]:

@@ -66,5 +66,9 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from hydra_plugins.segsweep_optuna_sweeper._search import Search  # imports Optuna
+        from segsweep.jobs.files import write_atomic
 
+        # As Hydra's basic sweeper does: the sweep's config, which segsweep-report reads (the
+        # search's n_trials: the trials not started yet).
+        write_atomic(self.sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))
         return Search(self, self.space_overrides(arguments)).run()

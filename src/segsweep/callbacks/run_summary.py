@@ -10,18 +10,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
-# Instance errors: adapted Rand error and variation of information (segsweep.instance.metrics).
-LOWER_IS_BETTER_METRICS = ("are", "voi")
-
-
-def is_lower_better(name: str) -> bool:
-    return (
-        "loss" in name
-        or "error" in name
-        or name.startswith("time/")
-        or name.rsplit("/", 1)[-1] in LOWER_IS_BETTER_METRICS
-    )
-
+from segsweep.jobs.records import is_lower_better
 
 CLEAR_REFS, STATUS = "/proc/self/clear_refs", "/proc/self/status"
 

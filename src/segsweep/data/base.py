@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from albumentations.core.transforms_interface import Transform3D
 from torch.utils.data import Dataset
 
 
@@ -58,9 +59,17 @@ class SegmentationDataset(Dataset):
     add_coords: bool = False
     context_slices: int = 0
 
+    volumetric = False  # items are volumes (C, D, H, W) (segsweep.data.volumes.VolumeDataset)
+
     def __init__(self, transform=None):
         self.transform = transform
         seed_augmentations(transform, getattr(transform, "seed", None))  # undo Compose(seed=)'s shared seeds
+        three_d = [type(t).__name__ for t in getattr(transform, "transforms", []) if isinstance(t, Transform3D)]
+        if three_d and not self.volumetric:
+            raise ValueError(
+                f"the augment pipeline has 3D transforms ({', '.join(three_d)}) but {type(self).__name__} gives 2D "
+                "images: use a 2D pipeline (augment=default, em, street) or volume data (data=volume_folder, "
+                "synthetic3d, isbi2012_volume)")
 
     @property
     def input_channels(self) -> int:

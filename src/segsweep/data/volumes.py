@@ -35,6 +35,7 @@ class VolumeDataset(SegmentationDataset):
     """
 
     supports_context = False  # 2.5D context is for 2D slice datasets; a volume has its own z
+    volumetric = True
 
     def __init__(self, transform=None, samples_per_volume: int = 1,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0)):

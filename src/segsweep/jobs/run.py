@@ -21,6 +21,7 @@ from segsweep.jobs import records
 from segsweep.jobs.errors import RankFailed, describe_error
 from segsweep.jobs.files import METRICS_FILE, DiskFullError, free_space, is_disk_full
 from segsweep.jobs.plan import JobPlan, plan_job, stored_value
+from segsweep.jobs.ranks import follow, launched_rank, share
 
 log = logging.getLogger(__name__)
 Job = Callable[[DictConfig, JobPlan], dict]
@@ -50,7 +51,7 @@ def run_job(job: Job, cfg: DictConfig, plan: JobPlan | None = None) -> dict:
     started = time.time()
     context = records.hydra_context(cfg)
     if plan is None:
-        plan = plan_job(cfg)
+        plan = plan_once(cfg)
         if plan.action == "skip":
             value = stored_value(plan.stored, cfg.get("optimized_metric"))
             log.info("%s already %s (value %s): not run again (rerun=all to force)",
@@ -77,6 +78,23 @@ def run_job(job: Job, cfg: DictConfig, plan: JobPlan | None = None) -> dict:
             raise
         log.error("job %s failed, the sweep goes on: %s", cfg.get("run_name"), payload["error"])
         return {**payload, "value": math.nan}
+
+
+def plan_once(cfg: DictConfig) -> JobPlan:
+    """The job's plan, decided once per job: by this process, or, when a cluster started the job's
+    ranks (SLURM tasks, torchrun), by global rank 0 and followed by the others (``ranks``)."""
+    rank = launched_rank()
+    if rank is None:
+        return plan_job(cfg)
+    if rank.rank > 0:
+        return follow(cfg.paths.output_dir, rank)
+    try:
+        plan = plan_job(cfg)
+    except Exception as err:  # a refusal: the other ranks must not wait for a plan
+        share(cfg.paths.output_dir, rank, None, error=err)
+        raise
+    share(cfg.paths.output_dir, rank, plan)
+    return plan
 
 
 def disk_full(err: BaseException) -> str | None:

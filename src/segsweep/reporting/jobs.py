@@ -7,16 +7,14 @@ half failed. Free of torch/lightning imports so ``segsweep-report`` starts fast.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from segsweep.utils.jobdir import process_alive
+from segsweep.jobs.files import METRICS_FILE, load_json, process_alive
 
-METRICS_FILE = "metrics.json"  # as segsweep.utils.run writes it (not imported: it pulls lightning)
 JOB_DIR = re.compile(r"^(\d+)_")  # Hydra sweep subdirs: <job num>_<run name>
 # Override values Hydra sweeps over: a,b,c (not a [list]) or a sweep function.
 SWEEP_VALUE = re.compile(r"^(?![\[{'\"]).*,|^\s*(choice|range|interval|glob|tag)\(")
@@ -91,11 +89,9 @@ def load_job(job_dir: Path, finished: bool = False) -> Job:
     if not path.is_file():
         return Job(job_dir, stub, pending)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:  # being written right now, or truncated by a killed job
-        return Job(job_dir, {**stub, "error": f"unreadable {METRICS_FILE}: {err}"}, pending)
-    if not isinstance(data, dict):
-        return Job(job_dir, {**stub, "error": f"unexpected {METRICS_FILE} content"}, pending)
+        data = load_json(path)  # written whole by segsweep: a broken one was damaged afterwards
+    except ValueError as err:
+        return Job(job_dir, {**stub, "error": f"unreadable {err}"}, "unreadable")
     data.setdefault("overrides", stub["overrides"])
     status = data.get("status") or ("completed" if "final" in data else "unknown")  # old files
     if status == "running" and (finished or process_alive(data.get("host"), data.get("pid")) is False):
@@ -118,9 +114,13 @@ def load_jobs(sweep_dir: str | Path, finished: bool = False) -> list[Job]:
 def planned_jobs(sweep_dir: str | Path) -> list[list[str]]:
     """The override lists of every job the sweep's config (multirun.yaml) asks for.
 
-    A grid sweep (Hydra's basic sweeper) is expanded as Hydra expands it; a search with
-    ``n_trials`` plans that many jobs (overrides unknown until sampled). Empty when unknown.
+    A grid sweep (Hydra's basic sweeper) is expanded as Hydra expands it; an Optuna search plans
+    its ``n_trials`` jobs (the grid's size with the grid sampler, as its sweeper wrote in
+    optimization_results.yaml; overrides unknown until sampled). Empty when unknown.
     """
+    results = _read_yaml(Path(sweep_dir) / "optimization_results.yaml")
+    if isinstance(results, dict) and isinstance(results.get("n_trials"), int):
+        return [[] for _ in range(results["n_trials"])]
     config = _read_yaml(Path(sweep_dir) / "multirun.yaml")
     hydra = config.get("hydra") if isinstance(config, dict) else None
     if not isinstance(hydra, dict):

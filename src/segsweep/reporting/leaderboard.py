@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from segsweep.callbacks.run_summary import is_lower_better
+from segsweep.jobs.records import is_lower_better
 from segsweep.replicas import is_replica_key
 from segsweep.reporting.jobs import Job, SweepInfo, load_jobs, read_sweep_info
 from segsweep.reporting.stats import replica_stats, tie_label, welch_p_value
 
 # Unranked rows come after the ranked ones in this order.
-STATUS_ORDER = {"completed": 0, "failed": 1, "pruned": 2, "interrupted": 3, "running": 4,
-                "not started": 5, "missing": 6}
+STATUS_ORDER = {"completed": 0, "failed": 1, "pruned": 2, "interrupted": 3, "unreadable": 4, "running": 5,
+                "not started": 6, "missing": 7}
 INT_COLUMNS = ("rank", "job_num", "params", "epochs", "n")
 
 

@@ -4,11 +4,11 @@ plots, plus the plots as PNGs next to them (for READMEs)."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from segsweep.jobs.files import write_atomic
 from segsweep.reporting.html_report import html_table, render_page
 from segsweep.reporting.jobs import Job, load_jobs, read_sweep_info
 from segsweep.reporting.leaderboard import build_frame, build_setups
@@ -70,6 +70,9 @@ def summary_lines(df: pd.DataFrame, sweep_dir: Path, code=str,
     lines = [f"{counts.sum()} jobs: {', '.join(known)}. Ranked by best {code(metric)} ({mode} is "
              "better); the other metric columns are final values"
              f"{' (means over replicas in the set-up table)' if jobs is not None else ''}."]
+    all_jobs = df if jobs is None else jobs
+    for _, row in all_jobs[all_jobs["status"].eq("unreadable")].iterrows():  # damaged after it was written
+        lines.append(f"Unreadable: {code(str(row['job']))}: {row.get('error')}")
     if df["rank"].isna().all():
         found = [c for c in df.columns if c.startswith(("val/", "test/")) and df[c].notna().any()]
         hint = f" (metrics found: {', '.join(map(code, found))})" if found else ""
@@ -226,7 +229,4 @@ def _shorten(text: str) -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
-    # Write-then-rename: a reader (a browser, a second segsweep-report) never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)  # a reader (a browser, a second segsweep-report) never sees half a file

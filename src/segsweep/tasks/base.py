@@ -29,7 +29,7 @@ from torch import nn
 from segsweep.inference import Prediction, Predictor
 from segsweep.losses import build_loss
 from segsweep.metrics import segmentation_metrics
-from segsweep.utils.checkpoints import read_checkpoint
+from segsweep.jobs.checkpoints import read_checkpoint
 
 EVAL_STAGES = ("val", "test")
 

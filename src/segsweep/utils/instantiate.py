@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 
-def _build_all(group: DictConfig | None, kind: str) -> list:
+def _build_all(group: DictConfig | None, kind: str, **fill) -> list:
+    """Every node of ``group`` with a ``_target_``; ``fill`` sets keys a node leaves null."""
     if not group:
         return []
     if not isinstance(group, DictConfig):
@@ -21,12 +22,14 @@ def _build_all(group: DictConfig | None, kind: str) -> list:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ValueError(f"{kind}.{name} has no _target_: {node}")
-        built.append(instantiate(node))
+        built.append(instantiate(node, **{k: v for k, v in fill.items() if k in node and node[k] is None}))
     return built
 
 
-def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
-    return _build_all(cfg, "logger")
+def instantiate_loggers(cfg: DictConfig | None, run_id: str | None = None) -> list[Logger]:
+    """The loggers; ``run_id`` (the job's own, kept in its job.json) goes to those with ``id: null``
+    (W&B), so a resumed job continues its run."""
+    return _build_all(cfg, "logger", id=run_id)
 
 
 def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool) -> list[L.Callback]:

@@ -61,12 +61,47 @@ def shorten_tag(tag: str) -> str:
 
 
 class _ContinuingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv; this one appends to it."""
+    """Lightning's CSV writer deletes an existing metrics.csv; this one continues it.
+
+    A resumed job repeats the steps after its checkpoint, which the killed attempt may have logged
+    already (the learning rate at the epoch's start, a validation row): a value logged again for a
+    step the file holds replaces the old one, so no row is duplicated.
+    """
 
     def _check_log_dir_exists(self) -> None:
+        self._last_step: int | None = None  # the file's last step, while new rows may repeat it
         if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = sorted(next(csv.reader(file), []))
+            rows, self.metrics_keys = self._read()
+            steps = [int(float(row["step"])) for row in rows if row.get("step")]
+            self._last_step = max(steps) if steps else None
+
+    def _read(self) -> tuple[list[dict], list[str]]:
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            return list(reader), sorted(reader.fieldnames or [])
+
+    def save(self) -> None:
+        if self.metrics and self._last_step is not None:
+            if min(int(row["step"]) for row in self.metrics) <= self._last_step:
+                self._drop_logged_again()
+            else:
+                self._last_step = None  # past the old file's end: plain appends from now on
+        super().save()
+
+    def _drop_logged_again(self) -> None:
+        """Rewrite the file without the cells the pending rows log again (same step and key)."""
+        again = {(int(row["step"]), key) for row in self.metrics for key in row if key not in ("step", "epoch")}
+        rows, keys = self._read()
+        kept = []
+        for row in rows:
+            step = int(float(row["step"]))
+            row = {key: ("" if (step, key) in again else value) for key, value in row.items()}
+            if any(value != "" for key, value in row.items() if key not in ("step", "epoch")):
+                kept.append(row)
+        with self._fs.open(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(kept)
 
 
 class ResumableCSVLogger(CSVLogger):
