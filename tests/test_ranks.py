@@ -61,6 +61,8 @@ def test_a_rank_without_rank_zeros_decision_says_where_it_waited(tmp_path):
 
 def test_launched_rank_reads_slurm_and_torchrun():
     assert launched_rank({}) is None
+    first_start = launched_rank({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_ID": "9"})
+    assert first_start.start_key == "slurm-9--0"  # no restart count before the first requeue
     assert launched_rank({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) is None  # one task: nothing to share
     slurm = launched_rank({"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "1",
                            "SLURM_RESTART_COUNT": "3"})

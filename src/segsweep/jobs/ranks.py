@@ -36,7 +36,9 @@ def launched_rank(environ=os.environ) -> LaunchedRank | None:
     """This process's rank when a cluster launcher started the job on more than one rank: SLURM
     (``SLURM_PROCID`` of ``SLURM_NTASKS``) or torchrun (``RANK`` of ``WORLD_SIZE``); else None."""
     if int(environ.get("SLURM_NTASKS", 1)) > 1 and "SLURM_PROCID" in environ:
-        key = "-".join(environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT"))
+        # SLURM sets SLURM_RESTART_COUNT from the first requeue on; SLURM_ARRAY_TASK_ID in arrays only.
+        key = "-".join([environ.get("SLURM_JOB_ID", ""), environ.get("SLURM_ARRAY_TASK_ID", ""),
+                        environ.get("SLURM_RESTART_COUNT") or "0"])
         return LaunchedRank(int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]), f"slurm-{key}")
     if "TORCHELASTIC_RUN_ID" in environ and int(environ.get("WORLD_SIZE", 1)) > 1:
         key = f"{environ['TORCHELASTIC_RUN_ID']}-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
