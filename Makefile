@@ -9,12 +9,13 @@ STAMP := $(VENV)/.installed-stamp
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install segsweep with its dependencies (torch 2.14.1)
+install: $(STAMP) ## create .venv and install segsweep with its dependencies (torch as constraints.txt pins)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# constraints.txt: this machine's torch/torchvision (from local disk), kept out of the package metadata
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@# Older checkouts installed hydra-optuna-sweeper (Optuna 2): segsweep ships its own sweeper now.
 	$(BIN)/python -m pip uninstall -q -y hydra-optuna-sweeper 2>/dev/null || true
 	touch $(STAMP)

@@ -46,9 +46,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from segsweep.config import CONFIG_DIR
 from segsweep.data import SyntheticShapes
 from segsweep.jobs.run import run_job
-from segsweep.train import CONFIG_DIR, build_datamodule, build_task, train
+from segsweep.train import build_datamodule, build_task, train
 
 # A model whose step is short (a few ms on a GPU, tens on a CPU core), so framework costs show.
 SMALL = ["trainer=cpu", "model=classic_unet", "model.base_width=4", "model.depth=2", "data.dataset.image_size=64",

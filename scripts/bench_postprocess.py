@@ -86,7 +86,7 @@ def postprocess_epoch(task, batches: list[dict], post, metrics, workers: int | N
     from segsweep.inference import Prediction
 
     hp = task.hparams
-    options = dict(hp.postprocess or {})
+    options = {k: v for k, v in dict(hp.postprocess or {}).items() if k != "workers"}
     collection = metrics.instance_metrics(rand_vi=hp.rand_vi).clone(prefix="val/")
     n_maps = len(task.map_names)
     for batch in batches:
@@ -191,35 +191,34 @@ def load(checkpoint: str, overrides: list[str]):
 
 
 def validate_fraction(task, datamodule, post, metrics, workers: int | None) -> float:
-    """``time/postprocess_fraction`` of one ``trainer.validate`` with the task's functions swapped
-    for ``post`` / ``metrics`` (and its postprocess through ``split_batch`` when ``workers``)."""
+    """``time/postprocess_fraction`` of one ``trainer.validate`` with the task's post-processing
+    and metrics made by ``post`` / ``metrics`` (its images split on ``workers`` threads when given)."""
     import lightning as L
 
     from segsweep.inference import Prediction
-    from segsweep.tasks import instance as instance_task
+    from segsweep.tasks import instance_base
 
-    names = {"split_objects": post.split_objects, "describe": post.describe, "from_labels": post.from_labels}
-    saved = {name: getattr(instance_task, name) for name in names}
-    saved_metrics = task.metrics
+    saved_from_labels, saved_metrics = instance_base.from_labels, task.metrics
+    instance_base.from_labels = post.from_labels  # the true objects, as InstanceTask makes them
     task.metrics = torch.nn.ModuleDict({s: metrics.instance_metrics(rand_vi=task.hparams.rand_vi)
                                         .clone(prefix=f"{s}/") for s in saved_metrics})
 
-    def pooled(self, probs, valid=None):  # the task change proposed with split_batch
+    def postprocess(self, probs, valid=None):  # InstanceSegmentationTask.postprocess, with post's functions
         maps = probs[:, : len(self.map_names)].float()
         if valid is not None:
             maps = maps * valid[:, None]
         maps = maps.detach().cpu().numpy()
         classes = probs[:, len(self.map_names):].float().detach().cpu().numpy()
-        labels = post.split_batch(maps[:, 0], maps[:, 1], self.hparams.encoding, workers=workers,
-                                  **dict(self.hparams.postprocess or {}))
+        options = {k: v for k, v in dict(self.hparams.postprocess or {}).items() if k != "workers"}
+        if workers is None:
+            labels = [post.split_objects(fg, sep, self.hparams.encoding, **options) for fg, sep in maps[:, :2]]
+        else:
+            labels = post.split_batch(maps[:, 0], maps[:, 1], self.hparams.encoding, workers=workers, **options)
         found = [post.describe(lab, maps[i, 0], classes[i] if self.num_classes > 1 else None)
                  for i, lab in enumerate(labels)]
         return Prediction.from_instances(found, probs)
 
-    for name, fn in names.items():
-        setattr(instance_task, name, fn)
-    if workers is not None:
-        task.postprocess = types.MethodType(pooled, task)
+    task.postprocess = types.MethodType(postprocess, task)
     try:
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False)
@@ -227,15 +226,15 @@ def validate_fraction(task, datamodule, post, metrics, workers: int | None) -> f
             trainer.validate(task, datamodule=datamodule, verbose=False)
         return float(trainer.callback_metrics["time/postprocess_fraction"])
     finally:
-        for name, fn in saved.items():
-            setattr(instance_task, name, fn)
-        task.metrics = saved_metrics
+        instance_base.from_labels, task.metrics = saved_from_labels, saved_metrics
         task.__dict__.pop("postprocess", None)
 
 
 def same_values(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(
-        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a)
+    """The same value for every metric both compute (a newer metric, e.g. ap50_agnostic, may be
+    missing from one side)."""
+    shared = a.keys() & b.keys()
+    return bool(shared) and all((math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in shared)
 
 
 def main() -> None:

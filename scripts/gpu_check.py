@@ -54,6 +54,7 @@ from bench_throughput import BF16_PEAK_TFLOPS  # noqa: E402
 from segsweep.callbacks.run_summary import peak_memory_mb, reset_peak_memory  # noqa: E402
 from segsweep.callbacks.speed import to_channels_last  # noqa: E402
 from segsweep.data.datamodule import seed_worker  # noqa: E402
+from segsweep.data.preprocess import finish_batch
 from segsweep.jobs.run import run_job  # noqa: E402
 from segsweep.train import build_datamodule, build_task, train  # noqa: E402
 
@@ -286,8 +287,10 @@ class BareLoop:
         self.batches = iter(datamodule.train_dataloader())
 
     def step(self, synchronize: bool = True) -> None:
-        batch = next(self.batches)
-        images, masks = (batch[k].to(self.device, non_blocking=True) for k in ("image", "mask"))
+        batch = next(self.batches)  # moved and finished as a run's are (compact uint8 batches on a GPU)
+        batch = finish_batch({k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                              for k, v in batch.items()})
+        images, masks = batch["image"], batch["mask"]
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.criterion(self.net(images), masks)

@@ -10,6 +10,7 @@ from torch import nn
 
 from segsweep.inference import Prediction, Predictor, sliding_window_probs, tile_starts, tta_probs
 from segsweep.predict import prob_channels
+from segsweep.tasks import PerPixelTask
 from segsweep.train import build_datamodule, build_task
 
 TILE, OVERLAP, RADIUS = 64, 0.25, 3  # RADIUS: half the receptive field (7) of the net below
@@ -202,9 +203,8 @@ def test_every_task_predicts_one_kind_of_prediction(make_cfg, kind):
     assert isinstance(prediction, Prediction) and prediction.labels.shape == (2, 50, 70)
     assert 0 <= prediction.labels.min() and prediction.labels.max() < classes
     if kind == "maskrcnn":
-        assert prediction.probs is None and not task.per_pixel_maps
-        with pytest.raises(TypeError, match="MaskRCNNTask gives detections, not per-pixel maps"):
-            task.logits_to_probs(images)
+        assert prediction.probs is None and not isinstance(task, PerPixelTask)
+        assert not hasattr(task, "logits_to_probs")  # detections, no per-pixel maps to average
         with pytest.raises(ValueError, match="MaskRCNNTask predicts whole images only"):
             type(task)(**task.hparams, predictor=Predictor(tta="flips"))
     else:

@@ -320,6 +320,9 @@ def test_metrics_match_the_references(seed):
     assert got["pq"] == pytest.approx(reference_pq(images))
     assert got["pq_agnostic"] == pytest.approx(reference_pq(images, per_class=False))
     assert got["pq"] != pytest.approx(got["pq_agnostic"])  # wrong classes cost only the per-class PQ
+    one_class = [(t._replace(classes=np.ones_like(t.classes)), p._replace(classes=np.ones_like(p.classes)))
+                 for t, p in images]
+    assert got["ap50_agnostic"] == pytest.approx(coco_reference(one_class)[1], abs=1e-6)
     rand = [reference_rand_and_vi(t.labels, p.labels) for t, p in images]
     assert got["are"] == pytest.approx(np.mean([r[0] for r in rand]))
     assert got["voi"] == pytest.approx(np.mean([r[1] for r in rand]))
@@ -396,11 +399,12 @@ def test_values_do_not_depend_on_ids_or_on_image_order():
 def test_perfect_prediction_scores_one_and_empty_scores_zero():
     images = imperfect_predictions(4)
     perfect = metric_values([(t, Instances(t.labels, t.classes, np.ones(len(t.classes)))) for t, _ in images])
-    for name in ("ap", "ap50", "ap75", "aji", "pq", "sq", "rq", "pq_agnostic", "precision", "recall", "f1"):
+    for name in ("ap", "ap50", "ap75", "ap50_agnostic", "aji", "pq", "sq", "rq", "pq_agnostic", "precision",
+                 "recall", "f1"):
         assert perfect[name] == 1, name
     assert perfect["are"] == 0 and perfect["voi"] == pytest.approx(0, abs=1e-6)
     empty = metric_values([(t, from_labels(np.zeros_like(t.labels))) for t, _ in images])
-    for name in ("ap", "ap50", "ap75", "aji", "pq", "pq_agnostic", "recall", "f1"):
+    for name in ("ap", "ap50", "ap75", "ap50_agnostic", "aji", "pq", "pq_agnostic", "recall", "f1"):
         assert empty[name] == 0, name  # no detection is AP 0, never torchmetrics' -1
     assert math.isnan(empty["precision"])  # nothing predicted: precision undefined
 
@@ -408,8 +412,26 @@ def test_perfect_prediction_scores_one_and_empty_scores_zero():
 def test_without_true_objects_ap_is_undefined():
     blank = from_labels(np.zeros((8, 8), np.int64))
     got = metric_values([(blank, from_labels(np.eye(8, dtype=np.int64)))])
-    assert all(math.isnan(got[k]) for k in ("ap", "ap50", "ap75", "recall"))
+    assert all(math.isnan(got[k]) for k in ("ap", "ap50", "ap75", "ap50_agnostic", "recall"))
     assert got["aji"] == 0 and got["precision"] == 0
+
+
+def test_class_agnostic_ap50_by_hand():
+    """Two true objects, A of class 1 and B of class 2, each predicted with its exact mask.
+
+    Classes swapped (A said 2, B said 1): per class, the one detection overlaps nothing of its
+    class (IoU 0), so AP50 = (0 + 0) / 2 = 0, while with classes ignored both masks match: 1.
+    One class wrong (A 1 at score 0.9, B 1 at 0.8): class 1 ranks A (TP, precision 1 at recall 1)
+    then B (FP): AP 1; class 2 has a true object and no detection: AP 0; AP50 = 0.5, agnostic 1.
+    """
+    true = np.zeros((8, 16), np.int64)
+    true[:, :8], true[:, 8:] = 1, 2
+    target = from_labels(true)._replace(classes=np.array([1, 2]))
+    for classes, aware in (([2, 1], 0.0), ([1, 1], 0.5)):
+        pred = Instances(true, np.array(classes), np.array([0.9, 0.8], np.float32))
+        got = metric_values([(target, pred)])
+        assert got["ap50"] == pytest.approx(aware) and coco_reference([(target, pred)])[1] == pytest.approx(aware)
+        assert got["ap50_agnostic"] == 1
 
 
 def test_mask_rcnn_detections_are_ranked_for_ap_beyond_the_display_threshold():
@@ -434,8 +456,8 @@ def test_an_undefined_ap_is_null_in_metrics_json_and_never_ranked(tmp_path):
 
     import yaml
 
-    from segsweep.reporting import collect
     from segsweep.jobs.run import write_metrics
+    from segsweep.reporting import collect
 
     for num, ap50 in ((0, math.nan), (1, 0.0)):
         job = tmp_path / f"{num}_job"

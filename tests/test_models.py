@@ -15,12 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from segsweep.models import ARCHITECTURES, ClassicUNet, SegNet, build_smp_model
+from segsweep.models import ARCHITECTURES, ClassicUNet, SegNet, build_maskrcnn, build_smp_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-# Mask R-CNN is a whole task (conf/model/maskrcnn.yaml sets the task too): tests/test_instance_tasks.py.
-# The 3D U-Net takes volumes, not (N, C, H, W) images: tests/test_volumes.py.
-MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in ("maskrcnn", "classic_unet3d"))
+# Mask R-CNN is a whole task (conf/model/maskrcnn*.yaml set the task too): its builder below, its
+# training in tests/test_instance_tasks.py. The 3D U-Net takes volumes: tests/test_volumes.py.
+MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
+                       if not p.stem.startswith("maskrcnn") and p.stem != "classic_unet3d")
 ENCODER_CONFIGS = sorted(p.stem for p in (CONF / "encoder").glob("*.yaml"))
 TINY = "tu-mobilenetv3_small_050"
 # architectures that cannot take TINY, and the tiny encoder they take instead
@@ -180,6 +181,72 @@ def test_missing_weights_file(tmp_path):
 def test_weights_and_weights_path_exclude_each_other(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         tiny(encoder_weights="imagenet", weights_path=str(tmp_path / "enc.pth"))
+
+
+# -- Mask R-CNN: torchvision's network, weights through the same loader ----------------------------
+def test_default_maskrcnn_is_torchvisions_own_network():
+    """model=maskrcnn's defaults build what torchvision's MaskRCNN builds around a ResNet-FPN
+    (its default heads, 5 levels), module for module and, from one seed, weight for weight."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    body = resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=torch.nn.BatchNorm2d,
+                               trainable_layers=5)
+    anchors = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 5)
+    reference = MaskRCNN(body, num_classes=3, rpn_anchor_generator=anchors, box_detections_per_img=300)
+    torch.manual_seed(0)
+    net = build_maskrcnn(in_channels=3, classes=3, backbone="resnet18")
+    mine, theirs = net.state_dict(), reference.state_dict()
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert repr(net.roi_heads) == repr(reference.roi_heads) and repr(net.rpn) == repr(reference.rpn)
+
+
+def test_maskrcnn_config_sizes_and_errors():
+    light = build_maskrcnn(in_channels=1, classes=4, backbone="resnet18", returned_layers=[1, 2, 3],
+                           fpn_channels=32, box_head_size=64, mask_head_channels=[32], anchor_sizes=[16, 32, 64, 128])
+    assert light.backbone.body.conv1.in_channels == 1 and light.backbone.out_channels == 32
+    assert not hasattr(light.backbone.body, "layer4")
+    light.eval()
+    with torch.no_grad():
+        (detections,) = light([torch.randn(1, 48, 80)])
+    assert set(detections) == {"boxes", "labels", "scores", "masks"}
+    with pytest.raises(ValueError, match="one size per pyramid level: 4"):
+        build_maskrcnn(in_channels=3, classes=2, returned_layers=[1, 2, 3])
+    with pytest.raises(ValueError, match="'tu-mobilenetv3_small_050' is not one of"):
+        build_maskrcnn(in_channels=3, classes=2, backbone=TINY)
+
+
+def small_maskrcnn(**kwargs) -> torch.nn.Module:
+    return build_maskrcnn(in_channels=3, classes=3, backbone="resnet18", returned_layers=[1, 2], fpn_channels=16,
+                          box_head_size=32, mask_head_channels=[16], anchor_sizes=[16, 32, 64], **kwargs)
+
+
+def test_maskrcnn_weights_from_a_whole_network_or_a_resnet(tmp_path):
+    """One loader for encoders and Mask R-CNN (segsweep.models.weights): a whole network's state
+    (here a Lightning checkpoint, keys under "net."), or a ResNet's into the backbone; tensors of
+    other shapes are skipped with a warning naming them."""
+    saved = {k: v + 0.5 if v.is_floating_point() else v for k, v in small_maskrcnn().state_dict().items()}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in saved.items()}}, tmp_path / "whole.ckpt")
+    loaded = small_maskrcnn(weights_path=str(tmp_path / "whole.ckpt")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+    import torchvision
+
+    resnet = {k: v + 0.5 if v.is_floating_point() else v for k, v in torchvision.models.resnet18().state_dict().items()}
+    torch.save(resnet, tmp_path / "resnet18.pth")
+    with pytest.warns(UserWarning, match=r"tensors not loaded into the Mask R-CNN .*fc\.weight"):
+        net = small_maskrcnn(weights_path=str(tmp_path / "resnet18.pth"))
+    body = net.backbone.body.state_dict()
+    assert torch.equal(body["conv1.weight"], resnet["conv1.weight"]) and torch.equal(
+        body["layer2.0.conv1.weight"], resnet["layer2.0.conv1.weight"])
+
+    with pytest.raises(FileNotFoundError, match="encoder.weights_path"):
+        small_maskrcnn(weights_path=str(tmp_path / "nope.pth"))
+    torch.save({"something.else": torch.zeros(3)}, tmp_path / "unrelated.pth")
+    with pytest.raises(ValueError, match="no tensor of .* fits the Mask R-CNN"):
+        small_maskrcnn(weights_path=str(tmp_path / "unrelated.pth"))
 
 
 # -- errors -----------------------------------------------------------------------------------

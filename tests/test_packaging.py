@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -254,3 +255,64 @@ def test_installed_train_composes_a_user_config_dir(installed, tmp_path):
     groups = listed_groups(run_installed(installed, tmp_path, "--config-dir", "my-exps", "--help").stdout)
     assert {"foo", "isbi2012"} <= groups["experiment"] and "my_classes" in groups["task"]
     assert {"classic_unet", "unet", "maskrcnn"} <= groups["model"]
+
+
+def test_the_readme_group_table_names_every_shipped_choice():
+    """The README promises every config group with its choices: each file of each group in conf/
+    (and each launcher segsweep ships) is named in that group's row."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 2:
+            for group in re.findall(r"`([^`]+)`", cells[0]):
+                rows[group] = set(re.findall(r"`([^`]+)`", cells[1]))
+    groups = {"optimizer": "optimizer", "scheduler": "optimizer", "hydra/launcher": "hydra/launcher"}
+    missing = []
+    for folder in sorted(p for p in (ROOT / "conf").rglob("*") if p.is_dir()):
+        group = folder.relative_to(ROOT / "conf").as_posix()
+        if group in ("hydra", "paths", "local") or not list(folder.glob("*.yaml")):  # not choices
+            continue
+        row = rows.get(groups.get(group, group))
+        assert row is not None, f"README's group table has no row for conf/{group}"
+        missing += [f"{group}={p.stem}" for p in folder.glob("*.yaml") if p.stem not in row]
+    assert not missing, f"README's group table omits: {missing}"
+
+
+def test_each_room_imports_only_the_rooms_docs_architecture_allows():
+    """docs/architecture.md's room table says what each room may import: every segsweep import
+    (lazy ones inside functions too) of every module keeps to it."""
+    import ast
+
+    allowed: dict[str, set[str] | None] = {}
+    in_table = False
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        if line.startswith("| room |"):
+            in_table = True
+        elif in_table and not line.startswith("|"):
+            break
+        elif in_table and line.startswith("| `"):
+            room_cell, _, may_cell = (c.strip() for c in line.strip().strip("|").split("|"))
+            may = None if may_cell.startswith("any room") else set(re.findall(r"`([a-z_]+)`", may_cell))
+            for room in re.findall(r"`([a-z_/*]+)`", room_cell):
+                allowed[room.removesuffix("/*")] = may
+    assert {"data", "models", "tasks", "jobs", "reporting", "hydra_plugins"} <= set(allowed), allowed
+
+    package = ROOT / "src" / "segsweep"
+    wrong = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        parts = path.relative_to(ROOT / "src").parts
+        room = "hydra_plugins" if parts[0] == "hydra_plugins" else parts[1].removesuffix(".py")
+        if path.parent == package and room == "__init__":
+            continue
+        assert room in allowed, f"{path.relative_to(ROOT)}: room {room!r} is not in docs/architecture.md"
+        may = allowed[room]
+        if may is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                target = name.split(".")[1] if name.startswith("segsweep.") else None
+                if target and target != room and target not in may:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name} ({room} may import {sorted(may)})")
+    assert not wrong, "\n".join(wrong)

@@ -449,7 +449,9 @@ def test_history_rows_hold_their_own_epochs_training_loss(make_cfg, monkeypatch)
             seen.setdefault(trainer.current_epoch, []).append((float(outputs["loss"]), len(batch["image"])))
 
     build = training.build_trainer
-    monkeypatch.setattr(training, "build_trainer", lambda cfg, summary, **kw: _with(build(cfg, summary, **kw), Collect()))
+    monkeypatch.setattr(
+        training, "build_trainer", lambda cfg, summary, **kw: _with(build(cfg, summary, **kw), Collect())
+    )
     result = training.train(make_cfg("trainer.max_epochs=2", "data.batch_size=3", "model.base_width=8"))
     for row in result["history"]:
         losses = seen[row["epoch"]]

@@ -111,3 +111,25 @@ def test_a_changed_budget_is_a_changed_run(make_cfg):
     assert plan_job(make_cfg("scheduler=cosine_budget", "trainer.max_time=00:00:10:00")).action == "start"
     with pytest.raises(JobDirConflict, match=r"scheduler\.budget: '00:00:10:00' there, '00:00:20:00' now"):
         plan_job(make_cfg("scheduler=cosine_budget", "trainer.max_time=00:00:20:00"))
+
+
+def test_any_scheduler_config_with_interval_step_is_stepped_each_batch_over_the_run(make_cfg, tmp_path):
+    """The config says how a scheduler steps (``interval: step``), not an attribute of its class:
+    torch's OneCycleLR, configured so, gets the run's optimizer steps and steps every batch."""
+    cfg = make_cfg("scheduler=cosine", "trainer.max_epochs=2", "~scheduler.T_max", "~scheduler.eta_min",
+                   "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "+scheduler.max_lr=0.01",
+                   "+scheduler.interval=step", "callbacks=default", "~callbacks.progress_bar",
+                   "~callbacks.image_logger")
+    train(cfg)
+    scheduler = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]
+    assert scheduler["total_steps"] == 4 and scheduler["last_epoch"] == 4  # 2 epochs of 2 batches
+
+
+def test_an_unknown_interval_is_refused_naming_the_key(make_cfg):
+    from segsweep.train import build_datamodule, build_task
+
+    cfg = make_cfg("scheduler=cosine_budget", "scheduler.interval=batch")
+    task = build_task(cfg, build_datamodule(cfg))
+    task.trainer = type("T", (), {"estimated_stepping_batches": 4})()
+    with pytest.raises(ValueError, match=r"scheduler\.interval='batch'"):
+        task.configure_optimizers()

@@ -31,3 +31,11 @@ def test_bench_throughput_measures_data_model_and_whole_step(monkeypatch, capsys
     line = next(line for line in out.splitlines() if line.startswith("classic_unet"))
     assert "(a) data" in line and "(b) model" in line and "(c) step" in line and "data/model" in line
     assert "GFLOP/s" in out
+
+
+def test_bench_tiling_runs_with_or_without_monai(monkeypatch, capsys):
+    """docs/benchmarks.md, "Sliding-window inference": the comparison script still runs (MONAI is
+    not a dependency: without it, it says so and runs ours alone)."""
+    out = run_script("bench_tiling.py", ["--rounds", "0", "--width", "2"], monkeypatch, capsys)
+    assert "== 3D 40x160x160" in out and "ours" in out
+    assert "MONAI is NOT installed" in out or "vs ours max" in out

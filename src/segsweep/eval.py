@@ -21,13 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segsweep.callbacks import RunSummary
 from segsweep.callbacks.run_summary import to_float
+from segsweep.config import CONFIG_DIR
 from segsweep.inference import Predictor
 from segsweep.jobs.ddp import launch_ranks, needs_launch
 from segsweep.jobs.plan import JobPlan
 from segsweep.jobs.records import hydra_context
 from segsweep.jobs.run import run_job, write_metrics
 from segsweep.tasks import load_task
-from segsweep.train import CONFIG_DIR, build_datamodule, build_trainer
+from segsweep.train import build_datamodule, build_trainer
 
 SPLITS = ("val", "test")
 

@@ -24,19 +24,20 @@ import hydra
 import numpy as np
 import tifffile
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 
-from segsweep.data.base import coordinate_maps
-from segsweep.data.folder import IMAGE_SUFFIXES, read_image
-from segsweep.data.volumes import VOLUME_SUFFIXES, VolumeDataset, read_volume
+from segsweep.config import CONFIG_DIR
+from segsweep.data.folder import IMAGE_SUFFIXES, read_image, read_slices, slice_stack
+from segsweep.data.preprocess import Preprocess as InputPipeline
+from segsweep.data.volumes import VOLUME_SUFFIXES, read_volume
 from segsweep.inference import Predictor
-from segsweep.tasks import InstanceSegmentationTask, SegmentationTask, load_task
-from segsweep.train import CONFIG_DIR
+from segsweep.resolvers import register as register_resolvers
+from segsweep.tasks import InstanceSegmentationTask, InstanceTask, PerPixelTask, SegmentationTask, load_task
 from segsweep.visualize import overlay, to_display
 
+register_resolvers()  # what the checkpoints' configs use, before Hydra composes predict's
 log = logging.getLogger(__name__)
 INDEX_FILE = "predictions.json"
 
@@ -61,25 +62,27 @@ def list_inputs(path: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) ->
 
 
 class Preprocess:
-    """Image file -> ``(raw (H, W, C), normalised (1, C', H, W))`` as the training data made it."""
+    """Input file -> ``(image as read, the network's input (1, C', H, W))``.
+
+    Reading files is predict's part; what becomes of an image after that is the checkpoint's data
+    side (``segsweep.data.preprocess.Preprocess``, built from the run's ``data`` and
+    ``augment.eval`` configs alone): the same steps, to the bit, as its datasets' evaluation input.
+    2.5D checkpoints read each slice's neighbours from its folder (its images in stem order, as
+    the training folder's); the image returned for overlays is then the centre slice.
+    """
 
     def __init__(self, task: SegmentationTask):
         run = task.hparams.run_config or {}
-        data = run.get("data") or {}
         if not (run.get("augment") or {}).get("eval"):
             raise ValueError("the checkpoint holds no augment.eval config to normalise images with")
-        if data.get("context_slices"):
-            raise ValueError("2.5D checkpoints (data.context_slices > 0) need neighbouring slices "
-                             "as channels: segsweep-predict does not build those stacks")
-        self.transform = instantiate(run["augment"]["eval"], _convert_="all")
-        self.add_coords = bool(data.get("add_coords"))
-        self.channels = task.hparams.in_channels - 2 * self.add_coords
-        # TiledInstances scales any bit depth to 0..255 before augment: do the same here.
-        target = str((data.get("dataset") or {}).get("_target_", ""))
-        self.percentiles = target.endswith("TiledInstances")
+        self.data = InputPipeline.from_config(run.get("data") or {}, run["augment"]["eval"])
+        # Channels of one image as read: the model's, less the coordinates, over the 2k+1 slices.
+        slices = 2 * self.data.context_slices + 1
+        self.channels = (task.hparams.in_channels - 2 * self.data.add_coords) // slices
         # 3D checkpoints take volumes: .npy or multi-page .tif, labels written as <stem>.tif.
-        self.volumes = bool(target) and issubclass(get_class(target), VolumeDataset)
+        self.volumes = self.data.volumetric
         self.suffixes = VOLUME_SUFFIXES if self.volumes else IMAGE_SUFFIXES
+        self.stacks: dict[Path, list[str]] = {}  # 2.5D: each input folder's image names in stem order
 
     def volume(self, path: Path) -> tuple[np.ndarray, torch.Tensor]:
         """Volume file -> ``(raw (D, H, W, C), normalised (1, C, D, H, W))``."""
@@ -88,33 +91,37 @@ class Preprocess:
         if image.ndim != 4 or image.shape[-1] != self.channels:
             raise ValueError(f"{path} has shape {image.shape} but the model takes volumes (D, H, W) "
                              f"of {self.channels} channel(s)")
-        normalised = self.transform(volume=image)["volume"]
-        return image, torch.from_numpy(np.ascontiguousarray(normalised.transpose(3, 0, 1, 2), np.float32))[None]
+        return image, torch.from_numpy(self.data.volume(self.data.scale(image), name=path.stem)[0])[None]
+
+    def read(self, path: Path) -> np.ndarray:
+        """The image file ``(H, W, C)``; 2.5D: with its neighbours' channels (``read_slices``)."""
+        if self.data.context_slices:
+            stack = self.stacks.setdefault(path.parent, [p.name for p in slice_stack(path.parent)])
+            k = self.data.context_slices
+            image = read_slices([path.parent / name for name in stack], stack.index(path.name), k)
+            channels = image.shape[2] // (2 * k + 1)
+        else:
+            image = read_image(path)
+            image = image[..., None] if image.ndim == 2 else image
+            if image.shape[2] == self.channels + 1 and self.channels in (1, 3):
+                image = image[..., :-1]  # grey+alpha or RGBA PNG: the alpha carries no image content
+            channels = image.shape[2]
+        if channels != self.channels:
+            kinds = {1: "grey", 3: "RGB"}
+            raise ValueError(f"{path} has {channels} channel(s) "
+                             f"({kinds.get(channels, 'other')}) but the model takes "
+                             f"{self.channels} ({kinds.get(self.channels, 'other')})")
+        return image
 
     def __call__(self, path: Path) -> tuple[np.ndarray, torch.Tensor]:
         if self.volumes:
             return self.volume(path)
-        image = read_image(path)
-        image = image[..., None] if image.ndim == 2 else image
-        if image.shape[2] == self.channels + 1 and self.channels in (1, 3):
-            image = image[..., :-1]  # grey+alpha or RGBA PNG: the alpha carries no image content
-        if image.shape[2] != self.channels:
-            kinds = {1: "grey", 3: "RGB"}
-            raise ValueError(f"{path} has {image.shape[2]} channel(s) "
-                             f"({kinds.get(image.shape[2], 'other')}) but the model takes "
-                             f"{self.channels} ({kinds.get(self.channels, 'other')})")
-        if self.percentiles:
-            low, high = np.percentile(image, (0.5, 99.8))
-            image = np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
-        normalised = self.transform(image=image)["image"]
-        normalised = normalised[..., None] if normalised.ndim == 2 else normalised
-        if normalised.shape[:2] != image.shape[:2]:
+        image = self.data.scale(self.read(path))
+        inputs, _ = self.data(image, name=path.stem)
+        if inputs.shape[1:] != image.shape[:2]:
             raise ValueError(f"the checkpoint's augment.eval resizes {path}: predict cannot")
-        if self.add_coords:  # the x/y channels data.add_coords appended in training
-            coords = np.stack(coordinate_maps(*image.shape[:2]), -1)
-            normalised = np.concatenate([normalised, coords], -1)
-        chw = np.ascontiguousarray(normalised.transpose(2, 0, 1), np.float32)
-        return image, torch.from_numpy(chw)[None]
+        centre = self.data.context_slices * self.channels
+        return image[..., centre:centre + self.channels], torch.from_numpy(inputs)[None]
 
 
 def predict_one(task: SegmentationTask, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -190,10 +197,10 @@ def predict(cfg: DictConfig | dict) -> dict:
     refuse_overwriting_inputs(files, output)
     if cfg.get("overlays") and preprocess.volumes:
         raise ValueError("overlays=true draws 2D images; this checkpoint predicts volumes")
-    if cfg.get("save_probs") and not task.per_pixel_maps:
+    if cfg.get("save_probs") and not isinstance(task, PerPixelTask):
         raise ValueError(f"save_probs=true: {type(task).__name__} gives no per-pixel maps to save "
                          "(they come from the binary, semantic and bottom-up instance tasks)")
-    instance = isinstance(task, InstanceSegmentationTask)
+    instance = isinstance(task, InstanceTask)
     # Class ids fit 8 bits for up to 256 classes; instance ids need 16 (up to 65535 objects).
     label_dtype = np.uint16 if instance or len(task.class_names) > 256 else np.uint8
     output.mkdir(parents=True, exist_ok=True)

@@ -153,12 +153,13 @@ def save_gradient_map(grad: np.ndarray, path: Path, title: str) -> Path:
 def main(cfg: DictConfig | None = None) -> dict:
     """``segsweep-rf``: receptive field of the configured model (random weights, nothing loaded).
 
-    A Hydra app on ``conf/train.yaml``, built at call time: ``segsweep.train`` (whose
-    ``CONFIG_DIR`` it shares) imports Lightning, which users of the functions above do not need.
-    A given ``cfg`` (tests) is used as is.
+    A Hydra app on ``conf/train.yaml`` (the configs' resolvers registered here, at call time: the
+    functions above need no Hydra set-up). A given ``cfg`` (tests) is used as is.
     """
-    from segsweep.train import CONFIG_DIR
+    from segsweep.config import CONFIG_DIR
+    from segsweep.resolvers import register as register_resolvers
 
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(run)
     return app(cfg)
 

@@ -27,10 +27,10 @@ def task_labels(task_target: str) -> str:
     file is called."""
     from hydra.utils import get_class
 
-    from segsweep.tasks import BinarySegmentationTask, InstanceSegmentationTask, SemanticSegmentationTask
+    from segsweep.tasks import BinarySegmentationTask, InstanceTask, SemanticSegmentationTask
 
     task = get_class(task_target)
-    for labels, kind in (("instance", InstanceSegmentationTask), ("binary", BinarySegmentationTask),
+    for labels, kind in (("instance", InstanceTask), ("binary", BinarySegmentationTask),
                          ("semantic", SemanticSegmentationTask)):
         if issubclass(task, kind):
             return labels

@@ -46,11 +46,9 @@ class BudgetCosineLR(LRScheduler):
     saved with the scheduler in checkpoints, so a resumed run goes on from the time it had used;
     the time between a killed attempt's last step and the kill is not counted.
 
-    ``per_step = True`` tells the task to pass ``total_steps`` (the Trainer's estimate of the run's
-    optimizer steps) and to step it every batch.
+    Its config says ``interval: step`` (``conf/scheduler/cosine_budget.yaml``): the task steps it
+    every batch and passes ``total_steps``, the Trainer's estimate of the run's optimizer steps.
     """
-
-    per_step = True
 
     def __init__(self, optimizer: Optimizer, total_steps: int, budget=None, eta_min: float = 0.0,
                  last_epoch: int = -1):

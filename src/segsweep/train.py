@@ -5,7 +5,6 @@ Returns the monitored metric so Hydra sweepers (Optuna) can optimise it.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 import hydra
@@ -20,6 +19,7 @@ from segsweep.callbacks.divergence import DivergenceStop
 from segsweep.callbacks.pruning import pruned_epoch, pruning_callback
 from segsweep.callbacks.run_summary import to_float
 from segsweep.callbacks.seeding import EpochSeed
+from segsweep.config import CONFIG_DIR
 from segsweep.data.datamodule import SegmentationDataModule
 from segsweep.jobs.checkpoints import AtomicCheckpointIO, read_checkpoint
 from segsweep.jobs.ddp import launch_ranks, needs_launch
@@ -31,8 +31,6 @@ from segsweep.resolvers import register as register_resolvers
 from segsweep.tasks import SegmentationTask
 from segsweep.utils.instantiate import instantiate_callbacks, instantiate_loggers
 
-# The shipped configs: conf/, packaged as segsweep.conf, found by import from a checkout or a wheel.
-CONFIG_DIR = str(files("segsweep.conf"))
 # The resolvers the configs use (${join_name:}, ${sweep_group:}): set up by the entry points, here
 # at import because launcher processes (joblib, submitit) import this module to run a job.
 register_resolvers()

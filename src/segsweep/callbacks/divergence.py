@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from segsweep.callbacks.logging_steps import is_logging_step
+
 
 class DivergedError(RuntimeError):
     """Raised when the training loss is NaN or infinite; ``run_job`` records the run as failed."""
@@ -26,7 +28,7 @@ class DivergenceStop(L.Callback):
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:  # the step just done logged
+        if is_logging_step(trainer, trainer.global_step - 1):  # the step just done
             self.check(trainer, pl_module, outputs)
 
     def on_train_epoch_end(self, trainer, pl_module):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from segsweep.callbacks.logging_steps import is_logging_step
 from segsweep.jobs.records import is_lower_better
 
 CLEAR_REFS, STATUS = "/proc/self/clear_refs", "/proc/self/status"
@@ -72,6 +73,7 @@ class RunSummary(L.Callback):
         self.peak_memory_mb: float | None = None
         self.peak_step_growth_mb: float | None = None
         self._step_start_mb = 0.0
+        self._measuring = False  # this step's peak memory is measured (a logging step)
         self.on_epoch_end = on_epoch_end  # e.g. write a "running" metrics.json after each epoch
 
     @property
@@ -82,19 +84,16 @@ class RunSummary(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start, self._val_seconds, self._in_epoch = time.perf_counter(), 0.0, True
 
-    @staticmethod
-    def measures_memory(trainer, batch_idx: int) -> bool:
-        """Peak memory is measured on every ``log_every_n_steps``-th step of an epoch, the first
-        included: training steps of one run have the same shapes, and on CPU the two /proc reads
-        cost ~0.4 ms, a share of a short step that every step would pay."""
-        return batch_idx % max(trainer.log_every_n_steps, 1) == 0
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.measures_memory(trainer, batch_idx):
+        # Peak memory on a run's first step and on logging steps only: training steps of one run
+        # have the same shapes, and on CPU the two /proc reads cost ~0.4 ms, a share of a short
+        # step that every step would pay. The first step: runs shorter than a logging interval.
+        self._measuring = (batch_idx == 0 and trainer.current_epoch == 0) or is_logging_step(trainer)
+        if self._measuring:
             self._step_start_mb = reset_peak_memory(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.measures_memory(trainer, batch_idx):
+        if self._measuring:
             peak = peak_memory_mb(pl_module.device)
             self.peak_memory_mb = max(self.peak_memory_mb or 0.0, peak)
             self.peak_step_growth_mb = max(self.peak_step_growth_mb or 0.0, peak - self._step_start_mb)

@@ -10,6 +10,10 @@ import torch
 from albumentations.core.transforms_interface import Transform3D
 from torch.utils.data import Dataset
 
+from segsweep.data.preprocess import Preprocess, as_target, coordinate_maps
+
+__all__ = ["RawSample", "SegmentationDataset", "coordinate_maps", "seed_augmentations"]
+
 
 @dataclass
 class RawSample:
@@ -17,19 +21,14 @@ class RawSample:
 
     image: ``(H, W, C)`` uint8 or float32; mask: ``(H, W)`` class indices (ignore pixels set to the
     dataset's ``ignore_index``); instances: ``(H, W)`` label image (0 = background) or ``None``.
+    Masks may be any integer type that holds their values (uint8 keeps crops and flips cheap);
+    items give them as int64.
     """
 
     image: np.ndarray
     mask: np.ndarray
     name: str
     instances: np.ndarray | None = None
-
-
-def coordinate_maps(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """x and y pixel coordinates normalised to [-1, 1] (float32), for ``data.add_coords``."""
-    ys, xs = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32),
-                         np.linspace(-1, 1, width, dtype=np.float32), indexing="ij")
-    return xs, ys
 
 
 def seed_augmentations(transform, seed: int | None) -> None:
@@ -58,6 +57,9 @@ class SegmentationDataset(Dataset):
     # Input options set by the datamodule (``data.add_coords``, ``data.context_slices``).
     add_coords: bool = False
     context_slices: int = 0
+    # Set by the datamodule for GPU runs: items hold uint8 images + their ``image_table`` and
+    # compact masks, finished on the device (``segsweep.data.preprocess.finish_batch``).
+    compact_batches: bool = False
 
     volumetric = False  # items are volumes (C, D, H, W) (segsweep.data.volumes.VolumeDataset)
 
@@ -70,6 +72,19 @@ class SegmentationDataset(Dataset):
                 f"the augment pipeline has 3D transforms ({', '.join(three_d)}) but {type(self).__name__} gives 2D "
                 "images: use a 2D pipeline (augment=default, em, street) or volume data (data=volume_folder, "
                 "synthetic3d, isbi2012_volume)")
+
+    @staticmethod
+    def scale_intensities(image: np.ndarray) -> np.ndarray:
+        """A whole raw image as read -> the range the ``augment`` pipelines take (0..255); the
+        identity here. A dataset that rescales (``TiledInstances``) overrides it, and predict
+        applies the checkpoint's dataset class's own to every file it reads."""
+        return image
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """Raw image -> network input, as this dataset makes it (``segsweep.data.preprocess``)."""
+        return Preprocess(self.transform, add_coords=self.add_coords, context_slices=self.context_slices,
+                          scale=self.scale_intensities, volumetric=self.volumetric)
 
     @property
     def input_channels(self) -> int:
@@ -87,37 +102,19 @@ class SegmentationDataset(Dataset):
             seed_augmentations(self.transform, augment_seed)
         return index
 
-    def augment(self, name: str, size: tuple[int, ...], **targets) -> dict:
-        """``self.transform(**targets)``, its errors naming the sample (albumentations' do not)."""
-        try:
-            return self.transform(**targets)
-        except Exception as err:
-            raise ValueError(
-                f"augmenting sample {name!r} (size {tuple(size)}) failed: {err}; "
-                "check the augment config (e.g. augment.crop_size)"
-            ) from err
-
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         sample = self.load(self.seed_transform(key))
-        image, masks = sample.image, [sample.mask]
-        if sample.instances is not None:
-            masks.append(sample.instances)
-        if self.add_coords:
-            # Coordinates of the *original* image travel as extra masks, so crops, flips and
-            # rotations move them with the pixels and Normalize leaves them alone.
-            masks.extend(coordinate_maps(*image.shape[:2]))
-        if self.transform is not None:
-            out = self.augment(sample.name, image.shape[:2], image=image, masks=masks)
-            image, masks = out["image"], out["masks"]
-        if image.ndim == 2:
-            image = image[..., None]
-        if self.add_coords:
-            image = np.concatenate([image, np.stack(masks[-2:], axis=-1)], axis=-1)
-        item = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)),
-            "mask": torch.from_numpy(np.asarray(masks[0], dtype=np.int64)),
-            "name": sample.name,
-        }
-        if sample.instances is not None:
-            item["instances"] = torch.from_numpy(np.asarray(masks[1], dtype=np.int64))
+        masks = [sample.mask] if sample.instances is None else [sample.mask, sample.instances]
+        image, masks, table = self.preprocess.encoded(sample.image, masks, sample.name, self.compact_batches)
+        return self.item(sample.name, image, table, *masks)
+
+    def item(self, name: str, image: np.ndarray, table: np.ndarray | None, mask: np.ndarray,
+             instances: np.ndarray | None = None) -> dict:
+        """What the loader batches: the input, its table if compact, the int64 (or compact) masks."""
+        item = {"image": torch.from_numpy(image), "mask": as_target(mask, table is not None, self.ignore_index),
+                "name": name}
+        if table is not None:
+            item["image_table"] = torch.from_numpy(table)
+        if instances is not None:
+            item["instances"] = as_target(instances, table is not None, 0)
         return item

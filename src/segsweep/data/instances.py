@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
+from faster_coco_eval.core import mask as mask_utils  # pycocotools' mask API
 from scipy import ndimage as ndi
 
 from segsweep.data.base import RawSample, SegmentationDataset
@@ -96,7 +96,7 @@ class InstanceFolderDataset(FolderDataset):
             )
         return RawSample(
             image=image,
-            mask=(instances > 0).astype(np.int64),
+            mask=(instances > 0).view(np.uint8),
             name=image_path.stem,
             instances=instances,
         )
@@ -261,8 +261,7 @@ class TiledInstances(SegmentationDataset):
             raise ValueError(
                 f"{Path(root) / labels} is {lab.shape}, {Path(root) / image} {img.shape[:2]}"
             )
-        low, high = np.percentile(img, (0.5, 99.8))
-        img = np.clip((img.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
+        img = self.scale_intensities(img)
         rows, cols = grid
         h, w = lab.shape[0] // rows, lab.shape[1] // cols
         bad = [t for t in tiles if not 0 <= t < rows * cols]
@@ -279,6 +278,13 @@ class TiledInstances(SegmentationDataset):
         ]
         self.repeat = repeat
 
+    @staticmethod
+    def scale_intensities(image: np.ndarray) -> np.ndarray:
+        """Any bit depth -> floats in 0..255: the 0.5 and 99.8 percentiles of the whole image (not
+        of a tile) to 0 and 255, clipped. Predict applies it to each file it reads."""
+        low, high = np.percentile(image, (0.5, 99.8))
+        return np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
+
     def __len__(self) -> int:
         return len(self.tiles) * self.repeat
 
@@ -287,7 +293,7 @@ class TiledInstances(SegmentationDataset):
         instances = labels.astype(np.int64)
         return RawSample(
             image=image.copy(),
-            mask=(instances > 0).astype(np.int64),
+            mask=(instances > 0).view(np.uint8),
             name=f"tile{tile}",
             instances=instances,
         )

@@ -233,7 +233,8 @@ class SyntheticShapes(SegmentationDataset):
             earlier one.
         cache: keep rendered samples in memory (8 bytes per pixel: 46 MB for the default
             352 images of 128 x 128). Rendering takes a few ms per image, but a CPU training
-            epoch would otherwise spend several percent of its time re-rendering.
+            epoch would otherwise spend several percent of its time re-rendering. Samples are
+            copies of the cached arrays, in their compact types (uint8 masks, int32 instances).
     """
 
     def __init__(
@@ -292,20 +293,18 @@ class SyntheticShapes(SegmentationDataset):
     def load(self, index: int) -> RawSample:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} synthetic images")
-        if self.cache is not None and index in self.cache:
-            # Copies: a transform must never change the cached arrays.
-            image, semantic, inst = (
-                a.astype(a.dtype if a.ndim == 3 else np.int64) for a in self.cache[index]
-            )
-        else:
+        arrays = None if self.cache is None else self.cache.get(index)
+        if arrays is None:
             # Seeding with (seed, index) gives independent streams per image and per split.
             image, semantic, inst = render_shapes((self.seed, index), self.size, **self.render_args)
-            if self.cache is not None:  # compact dtypes: class ids < 6, few objects per image
-                self.cache[index] = (image.copy(), semantic.astype(np.uint8), inst.astype(np.int32))
-        mask = (semantic > 0).astype(np.int64) if self.target == "binary" else semantic
+            # Compact dtypes (class ids < 6, few objects per image): cheap to keep and to augment.
+            arrays = (image, semantic.astype(np.uint8), inst.astype(np.int32))
+            if self.cache is not None:
+                self.cache[index] = arrays
+        image, semantic, inst = arrays  # copied below: a transform must never change cached arrays
         return RawSample(
-            image=image,
-            mask=mask,
+            image=image.copy(),
+            mask=(semantic > 0).view(np.uint8) if self.target == "binary" else semantic.copy(),
             name=f"synthetic_{self.seed}_{index:05d}",
-            instances=inst if self.target == "instance" else None,
+            instances=inst.copy() if self.target == "instance" else None,
         )

@@ -93,5 +93,6 @@ class SyntheticBlobs3D(VolumeDataset):
     def load_volume(self, index: int) -> RawSample:
         rng = np.random.default_rng([self.seed, index])
         image, classes = render_blobs(rng, self.shape, self.num_classes, self.blobs, self.noise)
-        mask = (classes > 0).astype(np.int64) if self.target == "binary" else classes
+        mask = (classes > 0) if self.target == "binary" else classes
+        mask = mask.astype(np.min_scalar_type(self.num_classes - 1))  # uint8: cheaper to crop and flip
         return RawSample(image=image[..., None], mask=mask, name=f"blobs{self.seed}_{index:04d}")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import torch
 
 from segsweep.data.base import RawSample, SegmentationDataset
 from segsweep.data.folder import FolderDataset
@@ -66,17 +65,8 @@ class VolumeDataset(SegmentationDataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         sample = self.load(self.seed_transform(key))
-        if self.add_coords:
-            raise ValueError("data.add_coords adds 2D coordinate channels; volumes have none")
-        image, mask = sample.image, sample.mask
-        if self.transform is not None:
-            out = self.augment(sample.name, image.shape[:3], volume=image, mask3d=mask)
-            image, mask = out["volume"], out["mask3d"]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(3, 0, 1, 2), np.float32)),
-            "mask": torch.from_numpy(np.asarray(mask, dtype=np.int64)),
-            "name": sample.name,
-        }
+        image, mask, table = self.preprocess.volume(sample.image, sample.mask, sample.name, self.compact_batches)
+        return self.item(sample.name, image, table, mask)
 
 
 def volume_files(folder: Path) -> dict[str, Path]:
@@ -182,7 +172,8 @@ class StackVolumeDataset(VolumeDataset):
         shapes = {s.image.shape for s in samples}
         if len(shapes) > 1:
             raise ValueError(f"slices of {self.slices.images_dir} differ in size {sorted(shapes)}: not one stack")
-        mask = np.full((len(samples), *samples[0].mask.shape), self.ignore_index, dtype=np.int64)
+        dtype = np.promote_types(samples[0].mask.dtype, np.min_scalar_type(self.ignore_index))
+        mask = np.full((len(samples), *samples[0].mask.shape), self.ignore_index, dtype=dtype)
         for z in self.split_slices:
             mask[z] = samples[z].mask
         return RawSample(image=np.stack([s.image for s in samples]), mask=mask, name=self.name)

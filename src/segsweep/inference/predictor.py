@@ -118,9 +118,9 @@ class Prediction:
         cls, instances: list[Instances], probs: Tensor | None = None, device: torch.device | None = None
     ) -> Prediction:
         """An instance task's prediction: ``labels`` paints each object's pixels with its class."""
-        labels = torch.stack([
-            torch.from_numpy(np.concatenate([[0], found.classes]).astype(np.int64))[torch.from_numpy(found.labels)]
-            for found in instances
-        ])
+        # In numpy, one tensor at the end: torch indexing per image cost 10-25x more (validation).
+        labels = torch.from_numpy(np.stack([
+            np.concatenate([[0], found.classes]).astype(np.int64)[found.labels] for found in instances
+        ]))
         device = device if device is not None else (probs.device if probs is not None else None)
         return cls(labels=labels.to(device), probs=probs, instances=list(instances))

@@ -8,6 +8,7 @@ definitions, with their references, are in ``docs/metrics.md``; in short (``t``:
 - ``ap``, ``ap50``, ``ap75``: COCO mask AP (torchmetrics ``MeanAveragePrecision``, faster_coco_eval)
   over all scored objects; ``Instances.detections`` (Mask R-CNN's overlapping masks) when given.
   0 when there are true objects but no prediction at all; NaN (undefined) without true objects.
+  ``ap50_agnostic``: AP50 with every object one class (segmentation apart from classification).
 - ``precision``, ``recall``, ``f1``: class-agnostic matches at IoU > 0.5, summed over the dataset.
 - ``pq``, ``sq``, ``rq`` (Kirillov et al. 2019): matched within each class, per class over the
   dataset, then the mean over classes with any object; ``pq_agnostic``: all objects one class.
@@ -22,13 +23,15 @@ single-process evaluation exactly, whatever the sharding or batching.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pycocotools import mask as coco_mask
+from faster_coco_eval.core import mask as coco_mask  # pycocotools' mask API (RLEs), same C code
 from scipy import ndimage as ndi
 from scipy import sparse
 from skimage.metrics import variation_of_information
@@ -381,30 +384,56 @@ class InstanceMetrics(Metric):
 
     @staticmethod
     def _mask_ap(records: list[dict]) -> dict[str, float]:
+        keys = ("ap", "ap50", "ap75", "ap50_agnostic")
         if not sum(len(r["true"][1]) for r in records):
-            return {"ap": NAN, "ap50": NAN, "ap75": NAN}  # AP is undefined without true objects
+            return dict.fromkeys(keys, NAN)  # AP is undefined without true objects
         if not sum(len(r["pred"][1]) for r in records):
-            return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0}  # torchmetrics would say -1 here
+            return dict.fromkeys(keys, 0.0)  # torchmetrics would say -1 here
         # Up to 1000 detections per image: ISBI slices and nuclei images hold hundreds of objects.
-        # IoU thresholds as pycocotools makes them (float64 linspace): torchmetrics' own are float32,
-        # which moves matches whose IoU sits exactly on a threshold (0.6, 0.65, ...).
         coco = MeanAveragePrecision(iou_type="segm", backend="faster_coco_eval",
-                                    iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
                                     max_detection_thresholds=[1, 100, 1000])
         for record in records:
             _add_image(coco, record)
-        coco._update_count = len(records)  # states filled directly: compute() need not warn
-        # faster_coco_eval logs its whole 12-line summary at INFO on every compute: keep epochs
-        # readable by quieting it for this call only (the user's logging set-up stays theirs).
-        coco_log = logging.getLogger("faster_coco_eval")
-        level = coco_log.level
-        coco_log.setLevel(max(level, logging.WARNING))
-        try:
-            values = coco.compute()
-        finally:
-            coco_log.setLevel(level)
-        return {name: float(values[key]) if float(values[key]) >= 0 else NAN
-                for name, key in (("ap", "map"), ("ap50", "map_50"), ("ap75", "map_75"))}
+        # What MeanAveragePrecision.compute does (its helpers, torchmetrics 1.x as the states above),
+        # with the COCO datasets made once for both evaluations: building them is half of each's cost.
+        backend = coco._coco_backend
+        preds, target = backend._get_coco_datasets(
+            coco.groundtruth_labels, coco.groundtruth_box, coco.groundtruth_mask, coco.groundtruth_crowds,
+            coco.groundtruth_area, coco.detection_labels, coco.detection_box, coco.detection_mask,
+            coco.detection_scores, iou_type=("segm",), average="macro",
+        )
+        # IoU thresholds as pycocotools makes them (float64 linspace): torchmetrics' own are float32,
+        # which moves matches whose IoU sits exactly on a threshold (0.6, 0.65, ...). Class-agnostic
+        # AP50: the same datasets with categories ignored (COCOeval's useCats=0), IoU 0.5 alone (AP
+        # at one threshold does not depend on the others).
+        recall_points = coco.rec_thresholds
+        aware = _evaluate(backend, target, preds, np.linspace(0.5, 0.95, 10), recall_points, use_categories=True)
+        agnostic = _evaluate(backend, target, preds, np.array([0.5]), recall_points, use_categories=False)
+        return {"ap": aware[0], "ap50": aware[1], "ap75": aware[2], "ap50_agnostic": agnostic[1]}
+
+
+def _evaluate(backend, target, preds, iou_thresholds: np.ndarray, recall_points: list[float],
+              use_categories: bool) -> list[float]:
+    """COCOeval's ``stats[:3]`` (AP, AP50, AP75, up to 1000 detections per image) as torchmetrics
+    computes them, NaN where undefined (COCO: -1)."""
+    # faster_coco_eval logs its whole 12-line summary at INFO on every evaluation: keep epochs
+    # readable by quieting it for this call only (the user's logging set-up stays theirs).
+    coco_log = logging.getLogger("faster_coco_eval")
+    level = coco_log.level
+    coco_log.setLevel(max(level, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluation = backend.cocoeval(target, preds, iouType="segm")
+            evaluation.params.iouThrs = np.asarray(iou_thresholds, np.float64)
+            evaluation.params.recThrs = np.array(recall_points, dtype=np.float64)
+            evaluation.params.maxDets = [1, 100, 1000]
+            evaluation.params.useCats = int(use_categories)
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+    finally:
+        coco_log.setLevel(level)
+    return [float(v) if v >= 0 else NAN for v in evaluation.stats[:3]]
 
 
 def _mean(values: list[float]) -> float:

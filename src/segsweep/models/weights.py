@@ -1,4 +1,10 @@
-"""Load encoder weights from a local file (offline alternative to smp's hub download)."""
+"""Load weights from a local file (offline alternative to smp's and torchvision's hub downloads).
+
+One path for every network: ``read_state_dict`` reads the file, ``load_state`` finds the key
+prefix under which it fits the module and loads it, strictly (an encoder: every key must match)
+or partially (Mask R-CNN: the tensors that fit, class heads and first convs of other shapes
+skipped with a warning).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,18 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 _SHOW = 5  # how many missing / unexpected keys an error message lists
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, config_key: str = "encoder.weights_path") -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (``.pth``/``.pt``, a Lightning ``.ckpt`` or ``.safetensors``);
+    a missing file names ``config_key``, the setting that pointed at it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights file not found: {path} (set by config key {config_key})")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -55,6 +67,60 @@ def _key_list(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > _SHOW else "")
 
 
+def fitting(state: dict[str, torch.Tensor], module: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
+    """The key prefix under which ``state`` fits ``module`` best, and its tensors of the right name
+    and shape for it, prefix removed."""
+    own = module.state_dict()
+    prefix = _best_prefix(list(state), set(own))
+    state = _under(state, prefix)
+    return prefix, {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+
+
+def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` whose keys start with ``prefix``, without it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} if prefix else state
+
+
+def load_state(
+    module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, name: str = "Encoder",
+    partial: bool = False,
+) -> None:
+    """Load ``state`` (read from ``path``) into ``module``, keys under their best common prefix
+    (``"module."``, ``"encoder."``, ``"net."``, ...).
+
+    Strict by default: missing or unexpected keys, or shapes that differ, raise a ``ValueError``
+    naming the file. ``partial``: load the tensors whose name and shape fit, warn about the others,
+    raise only when none fits.
+    """
+    expected = set(module.state_dict())
+    prefix, usable = fitting(state, module)
+    state = _under(state, prefix)
+    if partial:
+        if not usable:
+            raise ValueError(f"no tensor of {path} fits the {name} (keys like {list(state)[:3]})")
+        skipped = sorted(set(state) - set(usable))
+        if skipped:
+            rank_zero_warn(f"{path}: {len(skipped)} tensors not loaded into the {name} (shape or name "
+                           f"differs), e.g. {skipped[:_SHOW]}")
+        nn.Module.load_state_dict(module, usable, strict=False)
+        return
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        where = f" (after removing prefix '{prefix}')" if prefix else ""
+        raise ValueError(
+            f"{name} weights in {path} do not match the {name.lower()}{where}: "
+            f"{len(missing)} missing keys [{_key_list(missing)}], "
+            f"{len(unexpected)} unexpected keys [{_key_list(unexpected)}]. "
+            "Was the file saved from the same encoder (name, in_channels, depth)?"
+        )
+    try:
+        # nn.Module's own loader: some smp encoders override load_state_dict without `strict`.
+        nn.Module.load_state_dict(module, state, strict=True)
+    except RuntimeError as err:  # shape mismatches, e.g. other in_channels
+        raise ValueError(f"{name} weights in {path} do not fit the {name.lower()}: {err}") from err
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load a local state dict into ``encoder`` strictly.
 
@@ -64,29 +130,4 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     model's state dict also works. Missing or unexpected keys raise a ``ValueError`` naming the
     file.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Encoder weights file not found: {path} (set by config key encoder.weights_path)"
-        )
-    state = _read_state_dict(path)
-    expected = set(encoder.state_dict())
-    prefix = _best_prefix(list(state), expected)
-    if prefix:
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        where = f" (after removing prefix '{prefix}')" if prefix else ""
-        raise ValueError(
-            f"Encoder weights in {path} do not match the encoder{where}: "
-            f"{len(missing)} missing keys [{_key_list(missing)}], "
-            f"{len(unexpected)} unexpected keys [{_key_list(unexpected)}]. "
-            "Was the file saved from the same encoder (name, in_channels, depth)?"
-        )
-    try:
-        # nn.Module's own loader: some smp encoders override load_state_dict without `strict`.
-        nn.Module.load_state_dict(encoder, state, strict=True)
-    except RuntimeError as err:  # shape mismatches, e.g. other in_channels
-        raise ValueError(f"Encoder weights in {path} do not fit the encoder: {err}") from err
+    load_state(encoder, read_state_dict(path, "encoder.weights_path"), path)

@@ -1,34 +1,39 @@
-"""The one LightningModule base: model, loss, optimizer/scheduler and metrics from config.
+"""The one LightningModule base: what every task shares, and the hooks each task fills in.
 
-Subclasses say only what differs between problems: how many output channels, the loss mode, and
-how the network's output becomes a ``Prediction``. Hyperparameters are plain dicts (the resolved
-Hydra nodes), so a checkpoint rebuilds its task without Hydra and without the command line that
-made it.
+Shared here: hyperparameters (plain dicts, the resolved Hydra nodes, so a checkpoint rebuilds its
+task without Hydra), the network from its ``_partial_`` factory, optimizer and schedule, the one
+step of every stage (``shared_step``), training-loss accounting and checkpoints. Each task class
+says only what differs (torchgeo's ``BaseTask``):
 
-Every task meets one contract (binary, semantic, bottom-up instance, Mask R-CNN):
+- ``PerPixelTask`` (``per_pixel.py``): a network of per-pixel logits, their loss and probability
+  maps, run through the ``Predictor`` (TTA, tiling);
+  ``BinarySegmentationTask`` / ``SemanticSegmentationTask`` (``segmentation.py``) on top: a class
+  per pixel, IoU metrics;
+- ``InstanceTask`` (``instance_base.py``): objects scored by the instance metrics;
+  ``InstanceSegmentationTask`` (``instance.py``, bottom-up: per-pixel maps + watershed) and
+  ``MaskRCNNTask`` (``maskrcnn.py``, top-down detections) on top.
 
-- ``forward(images)``: the network's output for images ``(N, C, H, W)`` of any size: logits
-  ``(N, num_outputs, H, W)`` for the per-pixel tasks (Mask R-CNN: its detections);
-- ``logits_to_probs(logits)``: per-pixel probability maps ``(N, K, H, W)``, what TTA and tiling
-  average (per-pixel tasks only);
-- ``postprocess(maps, valid=None)`` and ``predict(images, valid=None)``: a ``Prediction``
-  (labels, maps, instances), ``predict`` running the network through the task's ``Predictor``.
+Every task meets one contract:
+
+- ``forward(images)``: the network's output for images ``(N, C, H, W)`` of any size (per-pixel
+  logits ``(N, num_outputs, H, W)``; Mask R-CNN: its detections);
+- ``postprocess(outputs, valid=None)`` and ``predict(images, valid=None)``: a ``Prediction``
+  (labels, maps, instances); per-pixel tasks run the network through their ``Predictor`` (TTA,
+  tiling), the others predict whole images and refuse any but the plain predictor.
 """
 
 from __future__ import annotations
 
-import warnings
+import time
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
-from torch import nn
 
+from segsweep.callbacks.logging_steps import is_logging_step
 from segsweep.inference import Prediction, Predictor
-from segsweep.losses import build_loss
-from segsweep.metrics import segmentation_metrics
 from segsweep.jobs.checkpoints import read_checkpoint
 
 EVAL_STAGES = ("val", "test")
@@ -41,8 +46,8 @@ class SegmentationTask(L.LightningModule):
         model: ``_partial_`` model factory (``conf/model``), completed with channels and classes.
         loss: ``_partial_`` loss factory (``conf/loss``), completed with the task's mode.
         optimizer: ``_partial_`` torch optimizer (``conf/optimizer``).
-        scheduler: ``_partial_`` LR scheduler stepped each epoch (one with ``per_step = True``, e.g.
-            ``segsweep.schedules.BudgetCosineLR``: each step, given the run's total steps), or ``None``.
+        scheduler: ``_partial_`` LR scheduler (``conf/scheduler``) stepped each epoch, or each step
+            with ``interval: step`` (then given ``total_steps``: the run's optimizer steps), or ``None``.
         class_names: class names from the data, index = class id.
         in_channels: input channels from the data.
         ignore_index: mask value that loss and metrics skip.
@@ -50,9 +55,6 @@ class SegmentationTask(L.LightningModule):
         predictor: how validation, test and ``predict`` run the network (TTA, tiling); the plain
             one by default. An inference option, not a hyperparameter: not saved in checkpoints.
     """
-
-    loss_mode: str  # "binary" or "multiclass": decided by the task, never by the loss config
-    per_pixel_maps = True  # the network gives per-pixel maps, so TTA and tiling apply
 
     def __init__(
         self,
@@ -69,101 +71,125 @@ class SegmentationTask(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["predictor"])
         self.predictor = predictor or Predictor()
-        if not (self.per_pixel_maps or self.predictor.plain):
-            raise ValueError(
-                f"{type(self).__name__} predicts whole images only: tta and tile_size apply to the "
-                f"tasks with per-pixel maps (binary, semantic, bottom-up instance); got {self.predictor}"
-            )
+        self.check_predictor()
         self.class_names = list(class_names)
         self.check_classes()
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        self.postprocess_seconds = 0.0  # see postprocessing()
         self.on_train_epoch_start()  # empty training-loss sums (see train_step_output)
 
     # -- what subclasses define ---------------------------------------------------------------
     def check_classes(self) -> None:
         """Raise if the data's classes do not fit this task."""
 
+    def check_predictor(self) -> None:
+        """Raise if this task cannot run its network through ``self.predictor``. Here the network
+        predicts whole images in one call (``predict``), so only the plain predictor;
+        ``PerPixelTask`` averages per-pixel maps over TTA views and tiles."""
+        if not self.predictor.plain:
+            raise ValueError(
+                f"{type(self).__name__} predicts whole images only: tta and tile_size apply to the "
+                f"tasks with per-pixel maps (binary, semantic, bottom-up instance); got {self.predictor}"
+            )
+
     @property
     def num_outputs(self) -> int:
+        """What the network's factory is completed with as ``classes``."""
         raise NotImplementedError
 
-    def logits_to_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits -> the per-pixel probability maps ``(N, K, H, W)`` predictions are made from
-        (binary and semantic: one per class)."""
+    def configure_losses(self) -> None:
+        """The loss modules; none when the network computes its own losses (Mask R-CNN)."""
+
+    def configure_metrics(self) -> None:
+        """``self.metrics``: one metric collection per evaluation stage (``EVAL_STAGES``)."""
         raise NotImplementedError
 
-    def postprocess(self, probs: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
-        """Probability maps -> ``Prediction``; binary and semantic: each pixel's likeliest class
-        (for binary maps ``[1 - p, p]`` that is ``p > 0.5``). ``valid`` marks the pixels to keep."""
-        return Prediction(labels=probs.argmax(dim=1), probs=probs)
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training step's loss and its named terms (logged as ``train/loss/<term>``)."""
+        raise NotImplementedError
+
+    def evaluation_loss(self, outputs: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """The loss of the network's evaluation ``outputs`` and its terms, or ``None`` when the
+        outputs carry none."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, valid: torch.Tensor | None = None) -> Prediction:
+        """The network's outputs -> ``Prediction``; ``valid`` ``(N, H, W)`` marks the pixels to keep."""
+        raise NotImplementedError
+
+    def to_prediction(self, outputs: Any, valid: torch.Tensor | None = None) -> Prediction:
+        """What validation makes of the network's outputs: ``postprocess`` of them."""
+        return self.postprocess(outputs, valid)
+
+    def score(self, prediction: Prediction, batch: dict, stage: str) -> dict:
+        """Update the stage's metrics with a batch's prediction; the step's outputs (``preds``,
+        and what callbacks draw)."""
+        raise NotImplementedError
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        """Compute, log and reset the stage's metrics at its epoch's end."""
+        raise NotImplementedError
 
     # -- built from config ----------------------------------------------------------------------
     def configure_models(self) -> None:
         factory = instantiate(self.hparams.model)
         self.net = factory(in_channels=self.hparams.in_channels, classes=self.num_outputs)
-        # An int (every spatial axis) or one per axis (3D nets: (z, y, x)).
-        self.output_stride = getattr(self.net, "output_stride", 32)
-        # Some decoders pool further than their stride (PAN): inputs must be at least this big.
-        self.min_input_size = getattr(self.net, "min_input_size", self.output_stride)
-
-    def configure_losses(self) -> None:
-        self.criterion = build_loss(
-            instantiate(self.hparams.loss), mode=self.loss_mode, ignore_index=self.hparams.ignore_index
-        )
-
-    def configure_metrics(self) -> None:
-        metrics = segmentation_metrics(
-            self.class_names, self.hparams.ignore_index, binary=self.loss_mode == "binary"
-        )
-        self.metrics = nn.ModuleDict({s: metrics.clone(prefix=f"{s}/") for s in EVAL_STAGES})
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        make_scheduler = instantiate(self.hparams.scheduler)
-        if getattr(getattr(make_scheduler, "func", None), "per_step", False):  # segsweep.schedules
-            scheduler = make_scheduler(optimizer=optimizer, total_steps=self.trainer.estimated_stepping_batches)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        scheduler = make_scheduler(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        settings = dict(self.hparams.scheduler)
+        interval = settings.pop("interval", "epoch")  # Lightning's key: when the scheduler steps
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler.interval={interval!r}: the scheduler steps each 'epoch' or each 'step'")
+        # A per-step schedule is given the run's length in optimizer steps (torch's OneCycleLR and
+        # segsweep's BudgetCosineLR both call it total_steps).
+        lengths = {"total_steps": self.trainer.estimated_stepping_batches} if interval == "step" else {}
+        scheduler = instantiate(settings)(optimizer=optimizer, **lengths)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
-    # -- forward and steps ---------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for images ``(N, C, H, W)`` or volumes ``(N, C, D, H, W)`` of any size: padded
-        at the end of each spatial axis to the output stride, cropped back."""
-        sizes = images.shape[2:]
-        strides, least = (per_axis(v, len(sizes)) for v in (self.output_stride, self.min_input_size))
-        pads = [max(n + -n % s, m) - n for n, s, m in zip(sizes, strides, least, strict=True)]
-        if any(pads):
-            images = F.pad(images, [p for pad in reversed(pads) for p in (0, pad)])  # last axis first
-        return self.net(images)[(..., *(slice(0, n) for n in sizes))]
-
+    # -- prediction and the steps ----------------------------------------------------------------
     def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
-        """The ``Prediction`` for ``images``, the network run through this task's predictor."""
-        maps = self.predictor.maps(lambda x: self.logits_to_probs(self(x)), images)
-        return self.postprocess(maps, valid)
+        """The ``Prediction`` for ``images``: the network on whole images, post-processed."""
+        return self.postprocess(self(images), valid)
 
     def shared_step(self, batch: dict, stage: str) -> dict:
-        if stage != "train" and not self.predictor.plain:
-            # Averaged probabilities have no logits to take a loss of: metrics only.
-            preds = self.predict(batch["image"]).labels
-            self.metrics[stage].update(preds, batch["mask"])
-            return {"preds": preds}
-        logits = self(batch["image"])
-        loss = self.criterion(logits, batch["mask"])
-        batch_size = batch["image"].shape[0]
-        terms = getattr(self.criterion, "last_terms", {})
+        """One step of any stage: the training loss, or the evaluation loss (when the network's
+        outputs have one) and the metrics of the prediction."""
+        size = batch["image"].shape[0]
         if stage == "train":
-            return self.train_step_output(loss, terms, batch_size)
-        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        for term, value in terms.items():
-            self.log(f"{stage}/loss/{term}", value, on_epoch=True, batch_size=batch_size, sync_dist=True)
-        preds = self.postprocess(self.logits_to_probs(logits)).labels
-        self.metrics[stage].update(preds, batch["mask"])
-        return {"loss": loss, "preds": preds}
+            loss, terms = self.training_loss(batch)
+            return self.train_step_output(loss, terms, size)
+        valid = batch["mask"] != self.hparams.ignore_index
+        if not self.predictor.plain:
+            # Averaged maps (TTA, tiles) have no logits to take a loss of: metrics only.
+            prediction = self.predict(batch["image"], valid)
+            with self.postprocessing():
+                return self.score(prediction, batch, stage)
+        outputs = self(batch["image"])
+        losses = self.evaluation_loss(outputs, batch)
+        loss = None
+        if losses is not None:
+            loss, terms = losses
+            self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=size, sync_dist=True)
+            for term, value in terms.items():
+                self.log(f"{stage}/loss/{term}", value, on_epoch=True, batch_size=size, sync_dist=True)
+        with self.postprocessing():
+            return {"loss": loss, **self.score(self.to_prediction(outputs, valid), batch, stage)}
+
+    @contextmanager
+    def postprocessing(self):
+        """Marks a step's post-processing (outputs -> prediction -> metric updates): its seconds
+        add up in ``postprocess_seconds``, which ``segsweep.callbacks.PostprocessTime`` reports
+        per epoch for the tasks that ask for it (instance tasks)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.postprocess_seconds += time.perf_counter() - started
 
     # Training loss: summed on the device each step, logged as epoch means at the epoch's end and
     # per step only every log_every_n_steps. A self.log call costs ~1 ms of Python
@@ -175,10 +201,10 @@ class SegmentationTask(L.LightningModule):
             self._train_sums[name] = self._train_sums.get(name, 0.0) + value.detach() * batch_size
         self._train_images += batch_size
         trainer = self._trainer  # None when a step runs outside a Trainer (tests, notebooks)
-        # Lightning sends step values to the loggers after steps where (steps done + 1) is a
-        # multiple of log_every_n_steps: a value logged on any other step never reaches them.
-        if trainer is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        # For the loggers only: a prog_bar value is read off the device after every step
+        # (segsweep.callbacks.ProgressBar reads this one on logging steps itself).
+        if trainer is None or is_logging_step(trainer):
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=batch_size)
         return {"loss": loss}
 
     def train_loss_sums(self) -> tuple[dict[str, torch.Tensor], int]:
@@ -207,17 +233,6 @@ class SegmentationTask(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> Prediction:
         return self.predict(batch["image"])
 
-    def log_epoch_metrics(self, stage: str) -> None:
-        with warnings.catch_warnings():
-            # After a reset, metrics sharing a compute group's state (IoU, per-class IoU) warn that
-            # compute() came before update() though the shared state was updated: the values are
-            # right (checked against fresh metrics), the warning is torchmetrics' bookkeeping.
-            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
-            values = self.metrics[stage].compute()
-        self.log(f"{stage}/iou", values.pop(f"{stage}/iou"), prog_bar=True)
-        self.log_dict(values)
-        self.metrics[stage].reset()
-
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics("val")
 
@@ -227,15 +242,6 @@ class SegmentationTask(L.LightningModule):
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["segsweep_task"] = f"{type(self).__module__}.{type(self).__qualname__}"
-
-
-def per_axis(value: int | tuple[int, ...], axes: int) -> tuple[int, ...]:
-    """A stride or size given once for every spatial axis, or one per axis, as one per axis."""
-    values = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else (int(value),) * axes
-    if len(values) != axes:
-        raise ValueError(f"the model's stride/size {value} has {len(values)} axes but the input has {axes} "
-                         "spatial axes (a 3D model needs volumes (N, C, D, H, W), a 2D one images)")
-    return values
 
 
 def load_task(

@@ -1,13 +1,49 @@
-"""Binary and semantic segmentation: only what differs from the base task."""
+"""Binary and semantic segmentation: one class per pixel, only what differs between the two."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from torch import nn
 
-from segsweep.tasks.base import SegmentationTask
+from segsweep.inference import Prediction
+from segsweep.metrics import segmentation_metrics
+from segsweep.tasks.base import EVAL_STAGES
+from segsweep.tasks.per_pixel import PerPixelTask
 
 
-class BinarySegmentationTask(SegmentationTask):
+class PixelClassTask(PerPixelTask):
+    """Each pixel's likeliest class, scored by IoU, Dice and accuracy (``segsweep.metrics``)."""
+
+    def configure_metrics(self) -> None:
+        metrics = segmentation_metrics(
+            self.class_names, self.hparams.ignore_index, binary=self.loss_mode == "binary"
+        )
+        self.metrics = nn.ModuleDict({s: metrics.clone(prefix=f"{s}/") for s in EVAL_STAGES})
+
+    def postprocess(self, probs: torch.Tensor, valid: torch.Tensor | None = None) -> Prediction:
+        """Probability maps -> each pixel's likeliest class (for binary maps ``[1 - p, p]`` that is
+        ``p > 0.5``); every pixel is kept (metrics skip the ignored ones)."""
+        return Prediction(labels=probs.argmax(dim=1), probs=probs)
+
+    def score(self, prediction: Prediction, batch: dict, stage: str) -> dict:
+        self.metrics[stage].update(prediction.labels, batch["mask"])
+        return {"preds": prediction.labels}
+
+    def log_epoch_metrics(self, stage: str) -> None:
+        with warnings.catch_warnings():
+            # After a reset, metrics sharing a compute group's state (IoU, per-class IoU) warn that
+            # compute() came before update() though the shared state was updated: the values are
+            # right (checked against fresh metrics), the warning is torchmetrics' bookkeeping.
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
+            values = self.metrics[stage].compute()
+        self.log(f"{stage}/iou", values.pop(f"{stage}/iou"), prog_bar=True)
+        self.log_dict(values)
+        self.metrics[stage].reset()
+
+
+class BinarySegmentationTask(PixelClassTask):
     """Object vs background: one output channel, sigmoid, class 1 is the object."""
 
     loss_mode = "binary"
@@ -28,7 +64,7 @@ class BinarySegmentationTask(SegmentationTask):
         return torch.cat([1 - foreground, foreground], dim=1)
 
 
-class SemanticSegmentationTask(SegmentationTask):
+class SemanticSegmentationTask(PixelClassTask):
     """One class per pixel: one output channel per class, softmax."""
 
     loss_mode = "multiclass"
